@@ -1,0 +1,1 @@
+"""Inference: guides (amortized encoders), data, SVI training and checkpoints."""
