@@ -1,0 +1,270 @@
+"""Data sets held as whole-split tensors on the training device.
+
+MNIST is read once through ``torchvision.datasets.MNIST`` and kept as one float tensor per split,
+so a minibatch is an index into a tensor rather than 128 PIL conversions. Three binarizations:
+
+- ``dynamic``: a fresh Bernoulli draw of every pixel each time a training batch is used
+  (the protocol of Burda et al. 2015);
+- ``static``: one fixed Bernoulli draw of every image, with a fixed seed;
+- ``none``: grey levels in [0, 1], for likelihoods of continuous data.
+
+Validation and test images are binarized once with fixed seeds under both ``dynamic`` and
+``static``, so that every model is scored on the very same binary images and per-image comparisons
+between models are paired. A small MNIST subset ships with the package for tests and demos, and a
+synthetic data set is drawn from a known generative story whose true parameters are returned.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pyro import poutine
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+DATASETS = ("mnist", "mnist-subset", "synthetic")
+BINARIZATIONS = ("dynamic", "static", "none")
+SPLITS = ("train", "validation", "test")
+SUBSET_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "mnist_subset.npz")
+# Seeds of the fixed Bernoulli draws, one per split; independent of the training seed on purpose.
+FIXED_BINARIZATION_SEEDS = {"train": 20150, "validation": 20151, "test": 20152}
+DEFAULT_NUM_VALIDATION = {"mnist": 10000, "mnist-subset": 200}
+
+
+class DataError(ValueError):
+    """The data cannot be found, read, or used as asked."""
+
+
+def default_data_dir():
+    """The data folder: ``$VAE_DATA_DIR`` if set, else ``./data``."""
+    return os.environ.get("VAE_DATA_DIR") or "data"
+
+
+def read_mnist(data_dir, download=False):
+    """Read the four MNIST files from ``data_dir/MNIST/raw/``.
+
+    :returns: (train_images, train_labels, test_images, test_labels) as uint8 images of shape
+        (n, 28, 28) and int64 labels.
+    """
+    import torchvision
+
+    raw = os.path.join(data_dir, "MNIST", "raw")
+    missing = [name for name in MNIST_FILES if not os.path.isfile(os.path.join(raw, name))]
+    if missing and download:
+        try:
+            for train in (True, False):
+                torchvision.datasets.MNIST(data_dir, train=train, download=True)
+        except Exception as error:  # the download has many ways to fail; all mean the same
+            raise DataError(f"could not download MNIST into {raw}: {error}") from error
+        missing = [name for name in MNIST_FILES if not os.path.isfile(os.path.join(raw, name))]
+    if missing:
+        raise DataError(
+            f"MNIST not found: {raw} lacks {', '.join(missing)}; put the four uncompressed files "
+            f"{', '.join(MNIST_FILES)} in <data-dir>/MNIST/raw/ and pass --data-dir (or set "
+            "VAE_DATA_DIR), or pass --download to fetch them")
+    try:
+        train = torchvision.datasets.MNIST(data_dir, train=True, download=False)
+        test = torchvision.datasets.MNIST(data_dir, train=False, download=False)
+    except Exception as error:
+        raise DataError(f"could not read the MNIST files in {raw} (corrupt or truncated?): "
+                        f"{error}") from error
+    return train.data, train.targets, test.data, test.targets
+
+
+def read_mnist_subset(path=SUBSET_PATH):
+    """Read the MNIST subset shipped with the package (see scripts/make_mnist_subset.py)."""
+    if not os.path.isfile(path):
+        raise DataError(f"the shipped MNIST subset {path} is missing; rebuild it with "
+                        "python scripts/make_mnist_subset.py --data-dir <folder with MNIST/raw>")
+    with np.load(path) as archive:
+        return tuple(torch.from_numpy(archive[key]) for key in
+                     ("train_images", "train_labels", "test_images", "test_labels"))
+
+
+class Split:
+    """One split of a data set, held whole as a tensor.
+
+    :param images: float tensor (n, x_dim). For a dynamically binarized split these are the grey
+        levels, i.e. the Bernoulli probabilities of the pixels.
+    :param labels: int64 tensor (n,), or -1 where there is no label.
+    :param bool dynamic: draw x ~ Bernoulli(images) afresh every time data are taken.
+    :param latents: the true z of each point, for data drawn from a known story.
+    """
+
+    def __init__(self, images, labels, dynamic=False, latents=None):
+        self.images = images
+        self.labels = labels
+        self.dynamic = dynamic
+        self.latents = latents
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def to(self, device):
+        latents = None if self.latents is None else self.latents.to(device)
+        return Split(self.images.to(device), self.labels.to(device), self.dynamic, latents)
+
+    def data(self, index=None):
+        """The data points at ``index`` (all by default), binarized afresh if dynamic."""
+        x = self.images if index is None else self.images[index]
+        return torch.bernoulli(x) if self.dynamic else x
+
+    def fixed(self, seed):
+        """A copy with one fixed draw of a dynamic split (itself if already fixed)."""
+        if not self.dynamic:
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        binary = torch.bernoulli(self.images.cpu(), generator=generator).to(self.images.device)
+        return Split(binary, self.labels, False, self.latents)
+
+    def batches(self, batch_size, shuffle=False, drop_last=False):
+        """Yield minibatches of data, in a random order if ``shuffle``.
+
+        The order is drawn on the CPU from torch's global generator, so a seed gives the same
+        minibatches on every device.
+        """
+        n = len(self)
+        order = torch.randperm(n) if shuffle else torch.arange(n)
+        order = order.to(self.images.device)
+        for start in range(0, n, batch_size):
+            index = order[start:start + batch_size]
+            if drop_last and len(index) < batch_size:
+                break
+            yield self.data(index)
+
+
+@dataclass
+class Dataset:
+    """The train, validation and test splits of one data set, and what is known about it."""
+
+    name: str
+    train: Split
+    validation: Split
+    test: Split
+    x_dim: int
+    image_shape: tuple = None
+    binarize: str = "none"
+    #: for synthetic data: the true generative model (a VAE) that drew the data
+    true_model: object = None
+    info: dict = field(default_factory=dict)
+
+    def split(self, name):
+        """The split called ``name``, with a fixed binarization (for evaluation)."""
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
+        return getattr(self, name).fixed(FIXED_BINARIZATION_SEEDS[name])
+
+    def to(self, device):
+        return Dataset(self.name, self.train.to(device), self.validation.to(device),
+                       self.test.to(device), self.x_dim, self.image_shape, self.binarize,
+                       self.true_model, self.info)
+
+
+def _binarized_splits(grey, labels, binarize):
+    """Turn {split: grey images (n, x_dim)} into Splits binarized as asked."""
+    if binarize not in BINARIZATIONS:
+        raise DataError(f"unknown binarization {binarize!r}; valid: {', '.join(BINARIZATIONS)}")
+    splits = {}
+    for name, images in grey.items():
+        split = Split(images, labels[name], dynamic=binarize != "none")
+        if binarize == "static" or (binarize == "dynamic" and name != "train"):
+            split = split.fixed(FIXED_BINARIZATION_SEEDS[name])
+        splits[name] = split
+    return splits
+
+
+def _mnist_dataset(name, images, labels, binarize, num_validation):
+    train_images, test_images = images
+    train_labels, test_labels = labels
+    if num_validation is None:
+        num_validation = DEFAULT_NUM_VALIDATION[name]
+    if not 0 < num_validation < len(train_images):
+        raise DataError(f"--num-validation must be between 1 and {len(train_images) - 1}, "
+                        f"got {num_validation}")
+    n_train = len(train_images) - num_validation
+
+    def grey(x):
+        return x.reshape(len(x), -1).float() / 255.0
+
+    grey_splits = {"train": grey(train_images[:n_train]),
+                   "validation": grey(train_images[n_train:]),
+                   "test": grey(test_images)}
+    label_splits = {"train": train_labels[:n_train].long(),
+                    "validation": train_labels[n_train:].long(),
+                    "test": test_labels.long()}
+    splits = _binarized_splits(grey_splits, label_splits, binarize)
+    return Dataset(name, x_dim=784, image_shape=(28, 28), binarize=binarize, **splits)
+
+
+def load_dataset(config, device="cpu"):
+    """Load the data set a run configuration describes and move it to ``device``.
+
+    Keys used: ``dataset``, ``binarize``, ``data_dir``, ``download``, ``num_validation``, and for
+    ``synthetic`` the ``synthetic_*`` keys. The result is a deterministic function of the config.
+    """
+    name = config.get("dataset", "mnist")
+    if name == "mnist":
+        data_dir = config.get("data_dir") or default_data_dir()
+        train_images, train_labels, test_images, test_labels = read_mnist(
+            data_dir, download=config.get("download", False))
+    elif name == "mnist-subset":
+        train_images, train_labels, test_images, test_labels = read_mnist_subset()
+    elif name == "synthetic":
+        return make_synthetic(config).to(device)
+    else:
+        raise DataError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    dataset = _mnist_dataset(name, (train_images, test_images), (train_labels, test_labels),
+                             config.get("binarize", "dynamic"), config.get("num_validation"))
+    return dataset.to(device)
+
+
+def synthetic_story(z_dim=2, x_dim=50, likelihood="bernoulli", sigma=0.1, seed=0, hidden_dim=64):
+    """A VAE with a fixed random decoder: the known generative story of the synthetic data.
+
+    z ~ N(0, I_{z_dim}); f(z) = W2 tanh(W1 z + b1) + b2 with W1, b1 ~ N(0, 1) and
+    W2 ~ N(0, 9 / hidden_dim), so each logit (or mean) varies over several units with z and x
+    carries real information about z; x ~ Bernoulli(sigmoid(f(z))) or N(f(z), sigma^2 I).
+    """
+    from models import build_model
+
+    config = {"z_dim": z_dim, "x_dim": x_dim, "hidden_dims": [hidden_dim], "activation": "tanh",
+              "likelihood": likelihood, "sigma": sigma, "prior": "standard",
+              "architecture": "mlp"}
+    model = build_model(config)
+    generator = torch.Generator().manual_seed(seed)
+    first, last = model.decoder[0], model.decoder[-1]
+    with torch.no_grad():
+        first.weight.copy_(torch.randn(first.weight.shape, generator=generator))
+        first.bias.copy_(torch.randn(first.bias.shape, generator=generator))
+        last.weight.copy_(torch.randn(last.weight.shape, generator=generator)
+                          * 3.0 / hidden_dim ** 0.5)
+        last.bias.copy_(torch.randn(last.bias.shape, generator=generator))
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def make_synthetic(config):
+    """Draw train, validation and test data from :func:`synthetic_story` by running its model
+    forwards (the story at test time), keeping the true z of every point."""
+    sizes = {"train": config.get("synthetic_num_train", 5000), "validation": 1000, "test": 1000}
+    likelihood = config.get("likelihood", "bernoulli")
+    story = synthetic_story(z_dim=config.get("synthetic_z_dim", 2),
+                            x_dim=config.get("synthetic_x_dim", 50),
+                            likelihood=likelihood, sigma=config.get("sigma", 0.1),
+                            seed=config.get("synthetic_seed", 0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.get("synthetic_seed", 0) + 1)
+        trace = poutine.trace(story).get_trace(batch_size=sum(sizes.values()))
+    x, z = trace.nodes["x"]["value"], trace.nodes["z"]["value"]
+    splits, start = {}, 0
+    for name, size in sizes.items():
+        labels = torch.full((size,), -1, dtype=torch.long)
+        splits[name] = Split(x[start:start + size], labels, latents=z[start:start + size])
+        start += size
+    info = {"z_dim": story.z_dim, "x_dim": story.x_dim, "likelihood": likelihood}
+    return Dataset("synthetic", x_dim=story.x_dim, true_model=story, info=info, **splits)

@@ -1,0 +1,67 @@
+"""Make the small MNIST subset that ships with the project.
+
+The subset lets the tests and the quick-start demo run with no data folder. It holds the first
+``--num-train`` images of the original training file and the first ``--num-test`` images of the
+original test file, as uint8 grey levels with their labels, plus a provenance note with the md5 of
+every source file. Run it from the project root::
+
+    python scripts/make_mnist_subset.py --data-dir ../shared/data
+"""
+
+import argparse
+import hashlib
+import io
+import os
+
+import numpy as np
+
+from inference.cli import run
+from inference.data import MNIST_FILES, read_mnist
+from inference.io import atomic_write_bytes
+
+DEFAULT_OUT = os.path.join("inference", "assets", "mnist_subset.npz")
+
+
+def md5(path):
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main(args):
+    train_images, train_labels, test_images, test_labels = read_mnist(args.data_dir)
+    raw = os.path.join(args.data_dir, "MNIST", "raw")
+    sources = ", ".join(f"{name} (md5 {md5(os.path.join(raw, name))})" for name in MNIST_FILES)
+    provenance = (
+        f"First {args.num_train} images of the MNIST training file and first {args.num_test} "
+        f"images of the MNIST test file, uint8 grey levels, unchanged. Sources: {sources}. "
+        "Made by scripts/make_mnist_subset.py."
+    )
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        train_images=train_images[: args.num_train].numpy(),
+        train_labels=train_labels[: args.num_train].numpy().astype(np.int64),
+        test_images=test_images[: args.num_test].numpy(),
+        test_labels=test_labels[: args.num_test].numpy().astype(np.int64),
+        provenance=np.array(provenance),
+    )
+    atomic_write_bytes(args.out, buffer.getvalue())
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)")
+    print(provenance)
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR", "data"),
+                        help="folder holding MNIST/raw/ (default: $VAE_DATA_DIR, else ./data)")
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-test", type=int, default=500)
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    return parser
+
+
+if __name__ == "__main__":
+    run(main, make_parser())
