@@ -1,0 +1,108 @@
+"""Checkpoints: everything needed to rebuild a run and to continue it bit for bit.
+
+A checkpoint is a dict saved with ``torch.save`` (written atomically) holding the run's config (a
+plain dict), the model and guide state dicts, the Pyro optimizer state, the finished epoch, the
+metrics so far, the best validation ELBO and the random number generator states. The model and
+guide are rebuilt from the config alone, then their states are loaded.
+"""
+
+import os
+
+import torch
+
+from inference.io import atomic_torch_save
+
+FORMAT = "pyro-vae-checkpoint"
+VERSION = 1
+LAST, BEST = "checkpoint.pt", "best.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, *, config, model, guide, optimizer, epoch, metrics, best, rng=None):
+    atomic_torch_save(path, {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "guide": guide.state_dict(),
+        "optimizer": optimizer.get_state() if optimizer is not None else {},
+        "metrics": metrics,
+        "best": best,
+        "rng": rng if rng is not None else rng_state(),
+    })
+
+
+def checkpoint_path(path, prefer=BEST):
+    """A checkpoint file: ``path`` itself, or ``path/best.pt`` (``prefer``) else
+    ``path/checkpoint.pt`` when ``path`` is a run folder."""
+    if os.path.isdir(path):
+        for name in (prefer, LAST, BEST):
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        raise CheckpointError(f"no checkpoint in {path}: expected {BEST} or {LAST} there "
+                              "(is it the --out folder of a training run?)")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}: give a run folder or a .pt file")
+    return path
+
+
+def load_checkpoint(path, map_location="cpu", prefer=BEST):
+    """Read a checkpoint file or the checkpoint of a run folder, with clear errors."""
+    path = checkpoint_path(path, prefer)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch reports truncation and corruption in many ways
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (corrupt or truncated: "
+            f"{type(error).__name__}: {error}); use another checkpoint or retrain") from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no {FORMAT!r} tag)")
+    if checkpoint.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {checkpoint.get('version')}; "
+                              f"this version of the project reads version {VERSION}")
+    checkpoint["path"] = path
+    return checkpoint
+
+
+def load_state(module, state, what, path):
+    """``module.load_state_dict(state)`` with an error that says which checkpoint did not fit."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise CheckpointError(
+            f"the {what} state in {path} does not fit the {what} its config describes "
+            f"({' '.join(first[:3])}); the checkpoint belongs to another model") from error
+
+
+def restore(checkpoint, device="cpu"):
+    """Rebuild the model and guide a checkpoint describes and load their states.
+
+    :returns: (model, guide, config), on ``device`` and in evaluation mode.
+    """
+    from inference.build import build
+
+    config = checkpoint["config"]
+    model, guide = build(config)
+    load_state(model, checkpoint["model"], "model", checkpoint.get("path"))
+    load_state(guide, checkpoint["guide"], "guide", checkpoint.get("path"))
+    return model.to(device).eval(), guide.to(device).eval(), config

@@ -1,0 +1,215 @@
+"""A thin SVI driver: epochs of shuffled minibatches, validation, checkpoints, resume.
+
+    svi = SVI(model, guide, Adam({"lr": learning_rate}), Trace_ELBO())
+    for epoch in epochs:
+        for x in train.batches(batch_size, shuffle=True):
+            svi.step(x, num_data=N)     # minibatch ELBO scaled by N / B: unbiased for the full ELBO
+
+Everything a run produces goes to one folder: ``config.json``, ``metrics.csv``, ``checkpoint.pt``
+(after the last finished epoch), ``best.pt`` (best validation ELBO), ``elbo.png`` and
+``summary.json``. All are written atomically. Resuming from ``checkpoint.pt`` restores parameters,
+optimizer moments and random number generator states, so a run that was split in two ends exactly
+where an uninterrupted run with the same seed ends (on the CPU; GPU kernels are not all
+deterministic).
+"""
+
+import csv
+import io
+import math
+import os
+import time
+
+import pyro
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.optim import Adam
+from tqdm.auto import tqdm
+
+from evaluation.log_weights import log_importance_weights
+from inference.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
+from inference.io import atomic_savefig, atomic_write_json, atomic_write_text
+
+METRIC_FIELDS = ("epoch", "train_elbo", "validation_elbo", "seconds")
+
+
+def resolve_device(name="auto"):
+    """``auto`` picks CUDA when it is available; asking for CUDA without it is an error."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available on this machine "
+                         "(torch.cuda.is_available() is False); use --device cpu or auto")
+    return device
+
+
+@torch.no_grad()
+def elbo_per_datapoint(model, guide, x, batch_size=1000):
+    """The ELBO log p(x_n, z_n) - log q(z_n | x_n) with one z_n ~ q(z | x_n) for each point,
+    as a tensor of shape (N,) in nats."""
+    values = [log_importance_weights(model, guide, x[i:i + batch_size], 1)[0]
+              for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(values)
+
+
+def mean_elbo(model, guide, split, batch_size=1000):
+    """The mean ELBO per data point over a split, in nats (one z per point)."""
+    model.eval(), guide.eval()
+    try:
+        return elbo_per_datapoint(model, guide, split.data(), batch_size).mean().item()
+    finally:
+        model.train(), guide.train()
+
+
+def forget_stale_params():
+    """Drop parameters of earlier models from Pyro's global param store.
+
+    ``pyro.module`` keeps whatever tensor the store already holds under a name, so leftovers of an
+    earlier model named ``model$$$...`` would silently shadow the new model's parameters.
+    """
+    store = pyro.get_param_store()
+    for name in list(store.keys()):
+        if name.split("$$$")[0] in ("model", "guide"):
+            del store[name]
+
+
+def write_metrics(out_dir, metrics):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in metrics:
+        writer.writerow({key: row[key] for key in METRIC_FIELDS})
+    atomic_write_text(os.path.join(out_dir, "metrics.csv"), buffer.getvalue())
+
+
+def plot_metrics(out_dir, metrics, title=""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in metrics]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot(epochs, [row["train_elbo"] for row in metrics], "o-", color="#0072B2",
+              label="train (running mean over the epoch)")
+    axes.plot(epochs, [row["validation_elbo"] for row in metrics], "s--", color="#D55E00",
+              label="validation")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("ELBO per data point (nats)")
+    axes.set_title(title or "ELBO during training")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    atomic_savefig(os.path.join(out_dir, "elbo.png"), figure, dpi=100)
+    plt.close(figure)
+
+
+def _check_config(config, dataset):
+    for key in ("num_epochs", "batch_size"):
+        if int(config[key]) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
+    if not config["learning_rate"] > 0:
+        raise ValueError(f"--learning-rate must be positive, got {config['learning_rate']}")
+
+
+def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=True, log=print):
+    """Train ``model`` and ``guide`` by SVI on ``dataset`` as ``config`` says; write the run folder.
+
+    :param dict config: the run configuration; uses ``num_epochs``, ``batch_size``,
+        ``learning_rate`` and ``jit``. It is saved as ``config.json`` and in every checkpoint.
+    :param dict checkpoint: a loaded checkpoint to resume from (see ``load_checkpoint``).
+    :returns: the summary dict written to ``summary.json``.
+    """
+    _check_config(config, dataset)
+    os.makedirs(out_dir, exist_ok=True)
+    forget_stale_params()
+    optimizer = Adam({"lr": config["learning_rate"]})
+    metrics, best, start_epoch = [], {"epoch": 0, "validation_elbo": -math.inf}, 0
+    if checkpoint is not None:
+        optimizer.set_state(checkpoint["optimizer"])
+        metrics, best, start_epoch = checkpoint["metrics"], checkpoint["best"], checkpoint["epoch"]
+        set_rng_state(checkpoint["rng"])
+        log(f"resuming {out_dir} after epoch {start_epoch}")
+    atomic_write_json(os.path.join(out_dir, "config.json"), config)
+
+    loss = JitTrace_ELBO(ignore_jit_warnings=True) if config.get("jit") else Trace_ELBO()
+    svi = SVI(model, guide, optimizer, loss)
+    train, num_data = dataset.train, len(dataset.train)
+    batch_size = min(int(config["batch_size"]), num_data)
+    # A traced graph has fixed shapes, so under --jit every minibatch must have the same size.
+    drop_last = bool(config.get("jit"))
+    num_batches = num_data // batch_size if drop_last else math.ceil(num_data / batch_size)
+    num_epochs = int(config["num_epochs"])
+
+    model.train(), guide.train()
+    for epoch in range(start_epoch + 1, num_epochs + 1):
+        start = time.perf_counter()
+        total, steps = 0.0, 0
+        bar = tqdm(total=num_batches, desc=f"epoch {epoch}/{num_epochs}", unit="batch",
+                   disable=not progress, leave=False, dynamic_ncols=True)
+        for x in train.batches(batch_size, shuffle=True, drop_last=drop_last):
+            total += _step(svi, x, num_data, config, first=steps == 0 and epoch == start_epoch + 1)
+            steps += 1
+            bar.update()
+            if steps % 10 == 0 or steps == num_batches:
+                bar.set_postfix_str(f"ELBO {-total / steps / num_data:.2f} nats/point")
+        bar.close()
+        seconds = time.perf_counter() - start
+        train_elbo = -total / steps / num_data
+        if not math.isfinite(train_elbo):
+            raise ValueError(f"the training loss became {train_elbo} in epoch {epoch}; lower "
+                             "--learning-rate or check the data")
+        validation_elbo = mean_elbo(model, guide, dataset.validation)
+        metrics.append({"epoch": epoch, "train_elbo": train_elbo,
+                        "validation_elbo": validation_elbo, "seconds": seconds})
+        improved = validation_elbo > best["validation_elbo"]
+        if improved:
+            best = {"epoch": epoch, "validation_elbo": validation_elbo}
+        state = dict(config=config, model=model, guide=guide, optimizer=optimizer, epoch=epoch,
+                     metrics=metrics, best=best, rng=rng_state())
+        save_checkpoint(os.path.join(out_dir, LAST), **state)
+        if improved:
+            save_checkpoint(os.path.join(out_dir, BEST), **state)
+        write_metrics(out_dir, metrics)
+        plot_metrics(out_dir, metrics, title=config.get("title", ""))
+        log(f"epoch {epoch:3d}/{num_epochs}  train ELBO {train_elbo:9.3f}  validation ELBO "
+            f"{validation_elbo:9.3f}  ({seconds:.1f} s){'  *best*' if improved else ''}")
+    return _summarize(model, guide, dataset, config, out_dir, metrics, best)
+
+
+def _step(svi, x, num_data, config, first):
+    if not (first and config.get("jit")):
+        return svi.step(x, num_data=num_data)
+    try:
+        return svi.step(x, num_data=num_data)
+    except Exception as error:
+        raise ValueError(
+            f"--jit could not trace this model and guide ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); run without --jit") from error
+
+
+def _summarize(model, guide, dataset, config, out_dir, metrics, best):
+    """Score the best-on-validation parameters on the test split and write summary.json."""
+    from inference.checkpoint import load_checkpoint, load_state
+
+    best_checkpoint = load_checkpoint(os.path.join(out_dir, BEST),
+                                      map_location=next(model.parameters()).device)
+    with torch.random.fork_rng(devices=[]):
+        # Restore afterwards so that scoring does not perturb the generator state of the run.
+        load_state(model, best_checkpoint["model"], "model", best_checkpoint["path"])
+        load_state(guide, best_checkpoint["guide"], "guide", best_checkpoint["path"])
+        test_elbo = mean_elbo(model, guide, dataset.test)
+    summary = {
+        "test_elbo": test_elbo,
+        "best_epoch": best["epoch"],
+        "best_validation_elbo": best["validation_elbo"],
+        "epochs": len(metrics),
+        "seconds_per_epoch": sum(row["seconds"] for row in metrics) / max(1, len(metrics)),
+        "num_train": len(dataset.train),
+        "num_test": len(dataset.test),
+    }
+    atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+    return summary
