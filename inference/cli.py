@@ -1,7 +1,17 @@
 """Shared command-line plumbing: one clear line instead of a traceback for bad input."""
 
+import argparse
 import os
 import sys
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default in ``--help`` unless it is empty (None or an unset switch)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def run(main, parser, argv=None):

@@ -23,6 +23,7 @@ def build_model(config, **context):
     likelihood = lookup(LIKELIHOODS, config.get("likelihood", "bernoulli"), "likelihood")
     likelihood = likelihood.from_config(config)
     decoder = lookup(DECODERS, config.get("architecture", "mlp"), "architecture")
-    decoder = decoder.from_config(config, out_features=config["x_dim"] * likelihood.params_per_feature)
+    out_features = config["x_dim"] * likelihood.params_per_feature
+    decoder = decoder.from_config(config, out_features=out_features)
     prior = lookup(PRIORS, config.get("prior", "standard"), "prior").from_config(config, **context)
     return VAE(prior, decoder, likelihood, config["x_dim"])

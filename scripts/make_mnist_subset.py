@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from inference.cli import run
-from inference.data import MNIST_FILES, read_mnist
+from inference.cli import HelpFormatter, run
+from inference.data import MNIST_FILES, default_data_dir, read_mnist
 from inference.io import atomic_write_bytes
 
 DEFAULT_OUT = os.path.join("inference", "assets", "mnist_subset.npz")
@@ -31,6 +31,7 @@ def md5(path):
 
 
 def main(args):
+    args.data_dir = args.data_dir or default_data_dir()
     train_images, train_labels, test_images, test_labels = read_mnist(args.data_dir)
     raw = os.path.join(args.data_dir, "MNIST", "raw")
     sources = ", ".join(f"{name} (md5 {md5(os.path.join(raw, name))})" for name in MNIST_FILES)
@@ -54,12 +55,15 @@ def main(args):
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=os.environ.get("VAE_DATA_DIR", "data"),
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--data-dir", default=None,
                         help="folder holding MNIST/raw/ (default: $VAE_DATA_DIR, else ./data)")
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-test", type=int, default=500)
-    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--num-train", type=int, default=2000,
+                        help="how many of the first training images to keep")
+    parser.add_argument("--num-test", type=int, default=500,
+                        help="how many of the first test images to keep")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="the .npz file to write")
     return parser
 
 

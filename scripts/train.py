@@ -15,7 +15,7 @@ import pyro
 
 from inference.build import build
 from inference.checkpoint import LAST, load_checkpoint
-from inference.cli import comma_list, run
+from inference.cli import HelpFormatter, comma_list, run
 from inference.data import BINARIZATIONS, DATASETS, default_data_dir, load_dataset
 from inference.guides import GUIDES
 from inference.training import fit, resolve_device
@@ -68,7 +68,8 @@ def main(args, parser=None):
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
     if args.out is None:
-        args.out = os.path.join("runs", f"{args.dataset}-z{args.z_dim}-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        args.out = os.path.join("runs", f"{args.dataset}-z{args.z_dim}-{stamp}")
     last = os.path.join(args.out, LAST)
     checkpoint = None
     if args.resume and os.path.isfile(last):
@@ -109,7 +110,7 @@ def main(args, parser=None):
 def make_parser():
     parser = argparse.ArgumentParser(
         description="Train a VAE (Pyro model + amortized guide) by SVI with Trace_ELBO.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="mnist",
                       help="mnist: the full data set from --data-dir; mnist-subset: 2,000/500 "
@@ -124,10 +125,14 @@ def make_parser():
     data.add_argument("--num-validation", type=int, default=None,
                       help="training images held out for validation (default 10000 for mnist, "
                       "200 for mnist-subset)")
-    data.add_argument("--synthetic-z-dim", type=int, default=2)
-    data.add_argument("--synthetic-x-dim", type=int, default=50)
-    data.add_argument("--synthetic-num-train", type=int, default=5000)
-    data.add_argument("--synthetic-seed", type=int, default=0)
+    data.add_argument("--synthetic-z-dim", type=int, default=2,
+                      help="latent dimension of the true story of --dataset synthetic")
+    data.add_argument("--synthetic-x-dim", type=int, default=50,
+                      help="data dimension of the synthetic data")
+    data.add_argument("--synthetic-num-train", type=int, default=5000,
+                      help="synthetic training points (validation and test: 1000 each)")
+    data.add_argument("--synthetic-seed", type=int, default=0,
+                      help="seed of the true decoder and of the synthetic draws")
 
     model = parser.add_argument_group("model and guide")
     model.add_argument("--prior", default="standard", help=f"one of {', '.join(PRIORS)}")
@@ -137,18 +142,20 @@ def make_parser():
                        help="the fixed standard deviation of the gaussian likelihood")
     model.add_argument("--guide", default="diagonal", help=f"one of {', '.join(GUIDES)}")
     model.add_argument("--architecture", default="mlp", help=f"one of {', '.join(DECODERS)}")
-    model.add_argument("--z-dim", type=int, default=50)
+    model.add_argument("--z-dim", type=int, default=50, help="dimension of the latent z")
     model.add_argument("--hidden-dims", type=comma_list(int), default=[512, 256],
                        help="encoder hidden sizes, comma-separated; the decoder mirrors them")
     model.add_argument("--activation", default="relu", help=f"one of {', '.join(ACTIVATIONS)}")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--num-epochs", type=int, default=10)
-    training.add_argument("--batch-size", type=int, default=128)
-    training.add_argument("--learning-rate", type=float, default=1e-3)
+    training.add_argument("--num-epochs", type=int, default=10,
+                          help="passes over the training split (in total, when resuming)")
+    training.add_argument("--batch-size", type=int, default=128, help="minibatch size B")
+    training.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step size")
     training.add_argument("--jit", action="store_true", help="use JitTrace_ELBO")
     training.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--seed", type=int, default=0,
+                          help="seeds torch and Pyro; a run on the CPU is a function of it")
     training.add_argument("--out", default=None,
                           help="run folder (default: runs/<dataset>-z<z-dim>-<time>)")
     training.add_argument("--resume", action="store_true",

@@ -1,0 +1,213 @@
+"""Per-data-point log importance weights for any Pyro model and guide of the project's convention.
+
+The convention: the model and the guide take the data ``x`` of shape (N, x_dim) as their first
+argument; every latent site is sampled inside a plate named ``"data"`` that indexes the data
+points; the observed site(s) sit in the same plate. For K particles this module computes
+
+    log w[k, n] = log p(x_n, z_kn) - log q(z_kn | x_n),      z_kn ~ q(z | x_n),
+
+one weight per particle *and per data point*. (Pyro's ``Importance`` and
+``vectorized_importance_weights`` sum over the data plate and give one weight per particle for the
+whole batch.) Particles are vectorized with an outer ``pyro.plate("particles", K)`` to the left of
+every plate of the model, and the (particle, data point) grid is cut into chunks of at most
+``max_batch_elements`` pairs, so that K = 5000 over a whole test set runs in bounded memory.
+
+Nothing here disables gradients: callers that only evaluate wrap calls in ``torch.no_grad()``;
+objectives such as the IWAE bound differentiate through these weights.
+"""
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import prune_subsample_sites
+
+DATA_PLATE = "data"
+PARTICLE_PLATE = "particles"
+# Memory for one chunk, in bytes; about 16 float32 values per data feature live at once.
+DEFAULT_CHUNK_BYTES = 2 ** 28
+
+
+def default_max_batch_elements(x_dim):
+    """How many (particle, data point) pairs one chunk holds by default for data of ``x_dim``."""
+    return max(1, DEFAULT_CHUNK_BYTES // (16 * 4 * max(1, int(x_dim))))
+
+
+def check_num_samples(num_samples):
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"the number of samples K must be a positive integer, got {num_samples}")
+    return int(num_samples)
+
+
+def chunks(num_data, num_samples, max_batch_elements):
+    """Yield (data slice, particle slice) pairs that tile the K x N grid in chunks of at most
+    ``max_batch_elements`` pairs: whole particle columns for as many data points as fit, or, when
+    K alone exceeds the budget, one data point at a time in blocks of particles."""
+    max_batch_elements = int(max_batch_elements)
+    if max_batch_elements < 1:
+        raise ValueError(f"max_batch_elements must be at least 1, got {max_batch_elements}")
+    data_step = max(1, min(num_data, max_batch_elements // num_samples))
+    particle_step = num_samples if max_batch_elements >= num_samples else max_batch_elements
+    for start in range(0, num_data, data_step):
+        for k_start in range(0, num_samples, particle_step):
+            yield (slice(start, min(start + data_step, num_data)),
+                   slice(k_start, min(k_start + particle_step, num_samples)))
+
+
+def max_plate_nesting(fn, x):
+    """The number of batch dimensions the plates of ``fn`` use, found by running it on one point."""
+    with poutine.block(), torch.no_grad():
+        trace = poutine.trace(fn).get_trace(x[:1])
+    dims = [-frame.dim for site in trace.nodes.values() if site["type"] == "sample"
+            for frame in site["cond_indep_stack"] if frame.vectorized]
+    return max(dims, default=0)
+
+
+def _site_log_prob(site, particle_dim, num_particles, num_data):
+    """The log density of one site reduced to shape (K, N): summed over every batch dimension
+    other than the particle plate and the data plate."""
+    log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+    data_dims = [f.dim for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
+    if not data_dims:
+        raise ValueError(
+            f"site {site['name']!r} is not inside the {DATA_PLATE!r} plate; per-data-point "
+            f"weights need every sample site inside pyro.plate({DATA_PLATE!r}, ...)")
+    while log_prob.dim() < -particle_dim:
+        log_prob = log_prob.unsqueeze(0)
+    keep = (log_prob.dim() + particle_dim, log_prob.dim() + data_dims[0])
+    others = [d for d in range(log_prob.dim()) if d not in keep]
+    if others:
+        log_prob = log_prob.sum(others, keepdim=True)
+    log_prob = log_prob.reshape(log_prob.shape[keep[0]], log_prob.shape[keep[1]])
+    return log_prob.expand(num_particles, num_data)
+
+
+class _Scorer:
+    """Runs a model or guide inside a particle plate placed to the left of all of its plates and
+    reduces the log density of each sample site to shape (K, N)."""
+
+    def __init__(self, model, guide, x):
+        self.model, self.guide = model, guide
+        nesting = max_plate_nesting(model, x)
+        if guide is not None:
+            nesting = max(nesting, max_plate_nesting(guide, x))
+        self.particle_dim = -nesting - 1
+
+    def run(self, fn, x, num_particles, replay=None, condition=None):
+        """Trace ``fn(x)`` for K particles; return the trace, {site: (K, N) log density} and the
+        names of the sites that were observed in the program itself (conditioned ones excluded)."""
+        if condition is not None:
+            fn = poutine.condition(fn, data=condition)
+        if replay is not None:
+            fn = poutine.replay(fn, trace=replay)
+        with pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim):
+            trace = prune_subsample_sites(poutine.trace(fn).get_trace(x))
+        log_probs, observed = {}, set()
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            log_probs[name] = _site_log_prob(site, self.particle_dim, num_particles, x.shape[0])
+            if site["is_observed"] and not (condition and name in condition):
+                observed.add(name)
+        return trace, log_probs, observed
+
+
+def _total(log_probs, names, like):
+    total = torch.zeros_like(like)
+    for name in names:
+        total = total + log_probs[name]
+    return total
+
+
+def _check_data(x):
+    if not torch.is_tensor(x) or x.dim() < 2:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"expected data as a tensor of shape (num_data, x_dim), got {shape}")
+    if x.is_floating_point() and not x.isfinite().all():
+        raise ValueError("data contains NaN or infinite values; remove or impute them first")
+
+
+def log_importance_weights(model, guide, x, num_samples, *, max_batch_elements=None,
+                           proposal="guide", mixture_weight=0.5):
+    """The (K, N) log importance weights of K particles for each of N data points.
+
+    :param model: the Pyro model, called as ``model(x)``.
+    :param guide: the Pyro guide q(z | x), called as ``guide(x)``.
+    :param x: data of shape (N, x_dim).
+    :param int num_samples: K, the number of particles per data point.
+    :param int max_batch_elements: at most this many (particle, data point) pairs per chunk.
+    :param str proposal: where z comes from:
+
+        - ``"guide"``: z ~ q(z | x), log w = log p(x, z) - log q(z | x);
+        - ``"prior"``: z ~ p(z), log w = log p(x | z) (the naive estimator; the guide is unused);
+        - ``"mixture"``: z ~ a q(z | x) + (1 - a) p(z) with a = ``mixture_weight``,
+          log w = log p(x, z) - log(a q(z | x) + (1 - a) p(z)), which is at most
+          log p(x | z) - log(1 - a): defensive importance sampling (Hesterberg 1995).
+    """
+    num_samples = check_num_samples(num_samples)
+    _check_data(x)
+    if proposal not in ("guide", "prior", "mixture"):
+        raise ValueError(f"unknown proposal {proposal!r}; valid: guide, prior, mixture")
+    if proposal == "mixture" and not 0.0 < mixture_weight < 1.0:
+        raise ValueError(f"the mixture weight a must lie in (0, 1), got {mixture_weight}")
+    if max_batch_elements is None:
+        max_batch_elements = default_max_batch_elements(x[0].numel())
+    scorer = _Scorer(model, guide, x)
+    num_data = x.shape[0]
+    log_weights = torch.empty(num_samples, num_data, device=x.device)
+    for data_slice, particle_slice in chunks(num_data, num_samples, max_batch_elements):
+        x_chunk = x[data_slice]
+        k = particle_slice.stop - particle_slice.start
+        log_weights[particle_slice, data_slice] = _chunk_log_weights(
+            scorer, x_chunk, k, proposal, mixture_weight)
+    return log_weights
+
+
+def _chunk_log_weights(scorer, x, num_particles, proposal, mixture_weight):
+    like = torch.zeros(num_particles, x.shape[0], device=x.device)
+    if proposal == "prior":
+        # z ~ p(z) inside the model itself: log w = log p(x, z) - log p(z) = log p(x | z).
+        _, model_lp, observed = scorer.run(scorer.model, x, num_particles)
+        return _total(model_lp, observed, like)
+    guide_trace, guide_lp, _ = scorer.run(scorer.guide, x, num_particles)
+    if proposal == "guide":
+        _, model_lp, observed = scorer.run(scorer.model, x, num_particles, replay=guide_trace)
+        # Latent sites the guide leaves to the model are proposed from the prior and cancel.
+        proposed = set(guide_lp)
+        return (_total(model_lp, observed | (proposed & set(model_lp)), like)
+                - _total(guide_lp, proposed, like))
+    # Defensive mixture: choose the component of each (particle, data point), then score the
+    # chosen z under the model and under both components.
+    prior_trace, prior_lp, observed = scorer.run(scorer.model, x, num_particles)
+    from_guide = torch.rand(num_particles, x.shape[0], device=x.device) < mixture_weight
+    latents = {}
+    for name in guide_lp:
+        z_guide = guide_trace.nodes[name]["value"]
+        z_prior = prior_trace.nodes[name]["value"].expand_as(z_guide)
+        mask = from_guide.reshape(from_guide.shape + (1,) * (z_guide.dim() - 2))
+        latents[name] = torch.where(mask, z_guide, z_prior)
+    _, model_lp, observed = scorer.run(scorer.model, x, num_particles, condition=latents)
+    _, guide_lp, _ = scorer.run(scorer.guide, x, num_particles, condition=latents)
+    log_prior = _total(model_lp, latents, like)
+    log_q = _total(guide_lp, latents, like)
+    a = torch.tensor(mixture_weight, device=x.device)
+    log_proposal = torch.logaddexp(a.log() + log_q, torch.log1p(-a) + log_prior)
+    return log_prior + _total(model_lp, observed, like) - log_proposal
+
+
+def log_joint(model, x, latents, *, guide=None):
+    """log p(z) and log p(x | z), each (K, N), at given latents; and log q(z | x) with a guide.
+
+    :param dict latents: site name -> tensor of shape (K, N, ...) (the event shape of the site).
+    :returns: (log_prior, log_likelihood), or (log_prior, log_likelihood, log_q) with a guide.
+    """
+    _check_data(x)
+    scorer = _Scorer(model, guide, x)
+    num_particles = next(iter(latents.values())).shape[0]
+    like = torch.zeros(num_particles, x.shape[0], device=x.device)
+    _, model_lp, observed = scorer.run(model, x, num_particles, condition=latents)
+    result = (_total(model_lp, set(model_lp) - observed, like), _total(model_lp, observed, like))
+    if guide is None:
+        return result
+    _, guide_lp, _ = scorer.run(guide, x, num_particles, condition=latents)
+    return result + (_total(guide_lp, latents, like),)
