@@ -1,0 +1,165 @@
+"""SVI training: it learns, it checkpoints, it resumes exactly, and it fails clearly."""
+
+import csv
+import json
+import os
+
+import pyro
+import pytest
+import torch
+
+from conftest import small_config
+from inference.build import build
+from inference.checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, restore,
+                                  save_checkpoint)
+from inference.data import load_dataset
+from inference.training import fit, mean_elbo, resolve_device
+
+RUN_FILES = {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "elbo.png", "summary.json"}
+
+
+def train(config, out_dir, checkpoint=None, device="cpu"):
+    if checkpoint is None:
+        pyro.set_rng_seed(config["seed"])
+    dataset = load_dataset(config, device)
+    config = {**config, "x_dim": dataset.x_dim}
+    model, guide = build(config)
+    model, guide = model.to(device), guide.to(device)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        guide.load_state_dict(checkpoint["guide"])
+    summary = fit(model, guide, dataset, config, str(out_dir), checkpoint=checkpoint,
+                  progress=False, log=lambda line: None)
+    return model, guide, dataset, summary
+
+
+def test_training_on_synthetic_data_improves_the_elbo(tmp_path):
+    config = small_config(num_epochs=6)
+    pyro.set_rng_seed(0)
+    dataset = load_dataset(config)
+    model, guide = build({**config, "x_dim": dataset.x_dim})
+    before = mean_elbo(model, guide, dataset.split("test"))
+    model, guide, dataset, summary = train(config, tmp_path)
+    after = mean_elbo(model, guide, dataset.split("test"))
+    # An untrained decoder sits near 50 log 2 = 34.7 nats; training must win at least 8 nats.
+    assert after > before + 8.0, (before, after)
+    assert summary["test_elbo"] == pytest.approx(after, abs=0.5)
+    assert RUN_FILES <= set(os.listdir(tmp_path))
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
+    assert set(rows[0]) == {"epoch", "train_elbo", "validation_elbo", "seconds"}
+    assert float(rows[-1]["validation_elbo"]) > float(rows[0]["validation_elbo"])
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["z_dim"] == 2
+
+
+def test_checkpoint_round_trip_rebuilds_model_and_guide_from_config(tmp_path):
+    model, guide, dataset, summary = train(small_config(num_epochs=2), tmp_path)
+    checkpoint = load_checkpoint(str(tmp_path))
+    assert checkpoint["path"].endswith(BEST)
+    assert checkpoint["epoch"] == summary["best_epoch"]
+    restored_model, restored_guide, config = restore(checkpoint)
+    for original, restored in ((model, restored_model), (guide, restored_guide)):
+        for (name, a), (_, b) in zip(original.state_dict().items(),
+                                     restored.state_dict().items()):
+            assert torch.equal(a, b), name
+    x = dataset.split("test").data()[:50]
+    pyro.set_rng_seed(1)
+    expected = guide.distribution(x).log_prob(torch.zeros(50, 2))
+    assert torch.equal(restored_guide.distribution(x).log_prob(torch.zeros(50, 2)), expected)
+    last = load_checkpoint(str(tmp_path / LAST))
+    assert last["epoch"] == 2 and len(last["metrics"]) == 2
+    assert set(last) >= {"config", "model", "guide", "optimizer", "epoch", "rng", "best"}
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
+    config = small_config(num_epochs=3)
+    straight, _, _, straight_summary = train(config, tmp_path / "straight")
+
+    train({**config, "num_epochs": 1}, tmp_path / "split")
+    checkpoint = load_checkpoint(str(tmp_path / "split" / LAST))
+    assert checkpoint["epoch"] == 1
+    pyro.clear_param_store()
+    # Resuming must restore the generator from the checkpoint, whatever its state before.
+    torch.manual_seed(12345)
+    resumed, _, _, resumed_summary = train(config, tmp_path / "split", checkpoint=checkpoint)
+
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert resumed_summary["test_elbo"] == straight_summary["test_elbo"]
+    with open(tmp_path / "straight" / "metrics.csv") as f, \
+            open(tmp_path / "split" / "metrics.csv") as g:
+        strip = [[row[:3] for row in csv.reader(h)] for h in (f, g)]
+    assert strip[0] == strip[1]
+
+
+def test_same_seed_gives_the_same_run_on_cpu(tmp_path):
+    _, _, _, first = train(small_config(num_epochs=1), tmp_path / "a")
+    _, _, _, second = train(small_config(num_epochs=1), tmp_path / "b")
+    _, _, _, third = train(small_config(num_epochs=1, seed=1), tmp_path / "c")
+    assert first["test_elbo"] == second["test_elbo"]
+    assert first["test_elbo"] != third["test_elbo"]
+
+
+def test_jit_trace_elbo_trains(tmp_path):
+    _, _, _, summary = train(small_config(num_epochs=1, jit=True, batch_size=128), tmp_path)
+    assert torch.isfinite(torch.tensor(summary["test_elbo"]))
+
+
+def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"not a readable checkpoint \(corrupt or truncated"):
+        load_checkpoint(str(path))
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="is not a checkpoint of this project"):
+        load_checkpoint(str(path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .*expected best.pt or checkpoint"):
+        load_checkpoint(str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*give a run folder"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_truncated_checkpoint_gets_a_clear_error(tmp_path):
+    train(small_config(num_epochs=1), tmp_path)
+    data = (tmp_path / LAST).read_bytes()
+    (tmp_path / LAST).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(str(tmp_path / LAST))
+
+
+def test_mismatched_checkpoint_gets_a_clear_error(tmp_path):
+    config = small_config(x_dim=50)
+    model, guide = build(config)
+    save_checkpoint(str(tmp_path / BEST), config={**config, "z_dim": 3}, model=model,
+                    guide=guide, optimizer=None, epoch=1, metrics=[], best={})
+    with pytest.raises(CheckpointError, match=r"does not fit the model its config describes"):
+        restore(load_checkpoint(str(tmp_path)))
+
+
+def test_asking_for_cuda_without_it_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda was asked for but CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu9'"):
+        resolve_device("tpu9")
+
+
+def test_bad_training_settings_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="--batch-size must be at least 1"):
+        train(small_config(batch_size=0), tmp_path)
+    with pytest.raises(ValueError, match="--learning-rate must be positive"):
+        train(small_config(learning_rate=-1.0), tmp_path)
+
+
+@pytest.mark.gpu
+def test_training_on_gpu_puts_everything_on_the_device(tmp_path):
+    model, guide, dataset, summary = train(small_config(num_epochs=1), tmp_path, device="cuda")
+    assert dataset.train.images.is_cuda
+    assert all(p.is_cuda for p in model.parameters())
+    assert all(p.is_cuda for p in guide.parameters())
+    checkpoint = load_checkpoint(str(tmp_path), map_location="cpu")
+    restore(checkpoint, "cpu")
