@@ -66,3 +66,24 @@ class DiagonalGaussianGuide(Guide):
 GUIDES = {
     "diagonal": DiagonalGaussianGuide,
 }
+
+
+class ExactPosteriorGuide(Guide):
+    """q(z | x) = p(z | x), the exact posterior of a linear-Gaussian model (probabilistic PCA).
+
+    Importance sampling with this proposal has weights p(x, z) / p(z | x) = p(x) for every z: a
+    zero-variance estimator, and a check of the estimators. It has no parameters of its own.
+    """
+
+    def __init__(self, model):
+        from models.linear_gaussian import check_linear_gaussian
+
+        check_linear_gaussian(model)
+        super().__init__(model.x_dim, model.z_dim)
+        # Held in a tuple so that the model's parameters are not registered as the guide's.
+        self._model = (model,)
+
+    def distribution(self, x):
+        from models.linear_gaussian import posterior
+
+        return posterior(self._model[0], x)

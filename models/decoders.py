@@ -5,6 +5,8 @@ dimension times the number of parameters the likelihood needs per feature (one f
 logits or a Gaussian mean, two for a mean and a scale). Leading dimensions are batch dimensions.
 """
 
+from torch import nn
+
 from models.networks import MLP
 
 
@@ -22,6 +24,21 @@ class MLPDecoder(MLP):
         return cls(config["z_dim"], hidden_dims, out_features, config.get("activation", "relu"))
 
 
+class LinearDecoder(nn.Linear):
+    """f(z) = W z + b. With a standard normal prior and a Gaussian likelihood of fixed sigma this
+    makes the VAE probabilistic PCA (Tipping & Bishop 1999), whose log p(x) has a closed form
+    (see :mod:`models.linear_gaussian`)."""
+
+    def __init__(self, z_dim, out_features):
+        super().__init__(z_dim, out_features)
+        self.z_dim = z_dim
+
+    @classmethod
+    def from_config(cls, config, out_features):
+        return cls(config["z_dim"], out_features)
+
+
 DECODERS = {
     "mlp": MLPDecoder,
+    "linear": LinearDecoder,
 }

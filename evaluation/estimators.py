@@ -1,0 +1,200 @@
+"""Estimators of log p(x) per data point, as free functions of (model, guide, data).
+
+Every estimator has the signature ``fn(model, guide, x, num_samples, **options)`` and returns an
+:class:`Estimate` with one value and one standard error per data point. ``ESTIMATORS`` maps the
+command-line names to them; :func:`estimate` looks a name up, passes each estimator only the
+options it takes, and times it.
+
+========== =========================================================== ==========================
+name       log p-hat(x_n)                                              assumes / costs
+========== =========================================================== ==========================
+elbo       mean_k log w_kn, w = p(x, z) / q(z | x), z ~ q               a lower bound; K passes
+importance log mean_k w_kn, z ~ q (IWAE bound, Burda et al. 2015)      q covers the posterior
+prior      log mean_k p(x | z_kn), z ~ p(z)                             hopeless in many dims
+mixture    z ~ a q + (1 - a) p, w = p(x, z) / (a q + (1 - a) p)        weights <= p(x|z)/(1-a)
+ais        annealed importance sampling, prior -> posterior (Neal 2001) T x L gradient passes
+exact      log N(x | b, W W^T + sigma^2 I)                              linear-Gaussian only
+quadrature grid integration of p(x | z) p(z)                            z_dim <= 2
+========== =========================================================== ==========================
+"""
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from evaluation.ais import ais_log_weights
+from evaluation.diagnostics import (KHAT_THRESHOLD, fraction_flagged, mean_stderr,
+                                    summarize_weights)
+from evaluation.log_weights import check_num_samples, log_importance_weights
+from evaluation.quadrature import quadrature_log_marginal
+from models.registry import lookup
+
+
+@dataclass
+class Estimate:
+    """Per-data-point estimates of log p(x) from one estimator; tensors of shape (N,), float64.
+
+    ``stderr`` is the Monte Carlo standard error of each estimate (for ``quadrature``, the last
+    change under grid refinement; for ``exact``, zero). ``ess``, ``khat`` and ``max_weight``
+    describe the importance weights (NaN where an estimator has none).
+    """
+
+    estimator: str
+    estimate: torch.Tensor
+    stderr: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor
+    max_weight: torch.Tensor
+    num_samples: int
+    seconds: float = math.nan
+    info: dict = field(default_factory=dict)
+
+    def summary(self):
+        """Means over the data points. ``log_px_stderr`` is the Monte Carlo error of
+        ``log_px_mean`` (sqrt(sum_n se_n^2) / N); ``log_px_data_stderr`` is the spread of the
+        per-point estimates over the data, sd / sqrt(N), the error of the mean as an estimate of
+        the expectation over the data distribution."""
+        num_data = self.estimate.numel()
+        finite_se = self.stderr[torch.isfinite(self.stderr)]
+        mc_stderr = (finite_se ** 2).sum().sqrt().item() / num_data if finite_se.numel() \
+            else math.nan
+        data_stderr = self.estimate.std().item() / math.sqrt(num_data) if num_data > 1 \
+            else math.nan
+        return {
+            "estimator": self.estimator,
+            "num_samples": self.num_samples,
+            "num_data": num_data,
+            "log_px_mean": self.estimate.mean().item(),
+            "log_px_stderr": mc_stderr,
+            "log_px_data_stderr": data_stderr,
+            "ess_mean": _nanmean(self.ess),
+            "ess_fraction_mean": _nanmean(self.ess) / self.num_samples if self.num_samples
+            else math.nan,
+            "khat_mean": _nanmean(self.khat),
+            "khat_frac_above_0_7": fraction_flagged(self.khat, KHAT_THRESHOLD)
+            if torch.isfinite(self.khat).any() else math.nan,
+            "num_flagged": int((self.khat > KHAT_THRESHOLD).sum()),
+            "max_weight_mean": _nanmean(self.max_weight),
+            "seconds": self.seconds,
+            **{key: _nanmean(value) if torch.is_tensor(value) else value
+               for key, value in self.info.items()},
+        }
+
+
+def _nanmean(values):
+    values = values[torch.isfinite(values)]
+    return values.mean().item() if values.numel() else math.nan
+
+
+def _nan(num_data):
+    return torch.full((num_data,), math.nan, dtype=torch.float64)
+
+
+def _from_weights(name, log_weights, num_samples, info=None):
+    diagnostics = {key: value.cpu() for key, value in summarize_weights(log_weights).items()}
+    return Estimate(name, diagnostics["estimate"], diagnostics["stderr"], diagnostics["ess"],
+                    diagnostics["khat"], diagnostics["max_weight"], num_samples,
+                    info=info or {})
+
+
+def elbo(model, guide, x, num_samples, *, max_batch_elements=None):
+    """The ELBO, E_q[log p(x, z) - log q(z | x)], averaged over K draws: a lower bound."""
+    log_weights = log_importance_weights(model, guide, x, num_samples,
+                                         max_batch_elements=max_batch_elements)
+    mean, stderr = mean_stderr(log_weights)
+    weights = _from_weights("elbo", log_weights, num_samples)
+    weights.estimate, weights.stderr = mean.cpu(), stderr.cpu()
+    return weights
+
+
+def importance(model, guide, x, num_samples, *, max_batch_elements=None):
+    """Importance sampling with the guide as proposal: the IWAE bound of Burda et al. (2015)."""
+    log_weights = log_importance_weights(model, guide, x, num_samples,
+                                         max_batch_elements=max_batch_elements)
+    return _from_weights("importance", log_weights, num_samples)
+
+
+def prior(model, guide, x, num_samples, *, max_batch_elements=None):
+    """The naive estimator: z ~ p(z), log p-hat = log mean_k p(x | z_k). Unbiased in p(x) but its
+    variance grows exponentially with the latent dimension."""
+    log_weights = log_importance_weights(model, guide, x, num_samples, proposal="prior",
+                                         max_batch_elements=max_batch_elements)
+    return _from_weights("prior", log_weights, num_samples)
+
+
+def mixture(model, guide, x, num_samples, *, mixture_weight=0.5, max_batch_elements=None):
+    """Defensive importance sampling (Hesterberg 1995) with proposal a q(z | x) + (1 - a) p(z)."""
+    log_weights = log_importance_weights(model, guide, x, num_samples, proposal="mixture",
+                                         mixture_weight=mixture_weight,
+                                         max_batch_elements=max_batch_elements)
+    return _from_weights("mixture", log_weights, num_samples,
+                         info={"mixture_weight": mixture_weight})
+
+
+def ais(model, guide, x, num_samples, *, ais_steps=500, ais_leapfrog=10, ais_step_size=0.05,
+        ais_target_accept=0.65, ais_schedule="sigmoid", ais_start="prior",
+        max_batch_elements=None):
+    """Annealed importance sampling with ``num_samples`` chains per data point
+    (see :mod:`evaluation.ais`)."""
+    log_weights, info = ais_log_weights(
+        model, guide, x, num_samples, num_steps=ais_steps, num_leapfrog=ais_leapfrog,
+        step_size=ais_step_size, target_accept=ais_target_accept, schedule=ais_schedule,
+        start=ais_start, max_batch_elements=max_batch_elements)
+    info = {"acceptance": info["acceptance"].cpu(), "step_size": info["step_size"].cpu(),
+            "ais_steps": int(ais_steps), "ais_leapfrog": int(ais_leapfrog),
+            "ais_start": ais_start}
+    return _from_weights("ais", log_weights, num_samples, info=info)
+
+
+def exact(model, guide, x, num_samples=None):
+    """The closed-form log p(x) of a linear-Gaussian model (probabilistic PCA)."""
+    from models.linear_gaussian import log_marginal
+
+    with torch.no_grad():
+        values = log_marginal(model, x).cpu()
+    num_data = values.numel()
+    return Estimate("exact", values, torch.zeros(num_data, dtype=torch.float64), _nan(num_data),
+                    _nan(num_data), _nan(num_data), 0)
+
+
+def quadrature(model, guide, x, num_samples=None, *, quadrature_tolerance=1e-4,
+               max_batch_elements=None):
+    """Adaptive grid integration for latent dimension <= 2 (see :mod:`evaluation.quadrature`)."""
+    values, error, points = quadrature_log_marginal(
+        model, x, tolerance=quadrature_tolerance, max_batch_elements=max_batch_elements)
+    num_data = values.numel()
+    return Estimate("quadrature", values.cpu(), error.cpu(), _nan(num_data), _nan(num_data),
+                    _nan(num_data), 0, info={"grid_points_per_dim": points.double().cpu()})
+
+
+ESTIMATORS = {
+    "elbo": elbo,
+    "importance": importance,
+    "prior": prior,
+    "mixture": mixture,
+    "ais": ais,
+    "exact": exact,
+    "quadrature": quadrature,
+}
+#: estimators whose result does not depend on K
+DETERMINISTIC = ("exact", "quadrature")
+
+
+def estimate(name, model, guide, x, num_samples, **options):
+    """Run the estimator called ``name`` and time it. Options it does not take are ignored, so
+    one set of command-line options serves every estimator."""
+    fn = lookup(ESTIMATORS, name, "estimator")
+    if name not in DETERMINISTIC:
+        num_samples = check_num_samples(num_samples)
+    accepted = inspect.signature(fn).parameters
+    kwargs = {key: value for key, value in options.items() if key in accepted}
+    start = time.perf_counter()
+    with torch.no_grad():
+        result = fn(model, guide, x, num_samples, **kwargs)
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    result.seconds = time.perf_counter() - start
+    return result
