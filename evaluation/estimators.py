@@ -105,9 +105,12 @@ def elbo(model, guide, x, num_samples, *, max_batch_elements=None):
     log_weights = log_importance_weights(model, guide, x, num_samples,
                                          max_batch_elements=max_batch_elements)
     mean, stderr = mean_stderr(log_weights)
-    weights = _from_weights("elbo", log_weights, num_samples)
-    weights.estimate, weights.stderr = mean.cpu(), stderr.cpu()
-    return weights
+    result = _from_weights("elbo", log_weights, num_samples)
+    # k-hat judges a log-mean-exp of weights; the ELBO is a plain mean of log weights, whose
+    # standard error is trustworthy, so it is not flagged.
+    result.estimate, result.stderr = mean.cpu(), stderr.cpu()
+    result.khat = _nan(mean.numel())
+    return result
 
 
 def importance(model, guide, x, num_samples, *, max_batch_elements=None):

@@ -9,6 +9,7 @@ data plate goes through :func:`evaluation.log_weights.log_joint`; the two paths 
 
 import torch
 from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 
 from evaluation.log_weights import log_joint
 from models.vae import VAE
@@ -24,7 +25,7 @@ class LatentLogDensity:
             self.z_dim = model.z_dim
             return
         with poutine.block(), torch.no_grad():
-            trace = poutine.trace(model).get_trace(x[:1])
+            trace = prune_subsample_sites(poutine.trace(model).get_trace(x[:1]))
         latents = [name for name, site in trace.nodes.items()
                    if site["type"] == "sample" and not site["is_observed"]]
         if latents != ["z"]:

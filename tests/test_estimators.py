@@ -1,0 +1,292 @@
+"""Estimators of log p(x) against known answers: the linear-Gaussian model (exact), a nonlinear
+VAE with a 2-D latent (quadrature), invariants, and bad inputs."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+from evaluation.ais import bdmc
+from evaluation.estimators import ESTIMATORS, estimate
+from evaluation.log_density import LatentLogDensity
+from evaluation.log_weights import log_importance_weights, log_joint
+from evaluation.quadrature import quadrature_log_marginal
+from inference.build import build
+from inference.data import load_dataset
+from inference.guides import DiagonalGaussianGuide, ExactPosteriorGuide, Guide
+from models import build_model
+from models.linear_gaussian import log_marginal, posterior
+
+
+def linear_gaussian(z_dim=2, x_dim=10, sigma=0.5, weight_scale=2.0, seed=0):
+    torch.manual_seed(seed)
+    model = build_model({"z_dim": z_dim, "x_dim": x_dim, "hidden_dims": [],
+                         "architecture": "linear", "likelihood": "gaussian", "sigma": sigma})
+    with torch.no_grad():
+        model.decoder.weight.copy_(weight_scale * torch.randn(x_dim, z_dim) / math.sqrt(z_dim))
+        model.decoder.bias.copy_(torch.randn(x_dim))
+    return model.requires_grad_(False).eval()
+
+
+class WidePosteriorGuide(Guide):
+    """The exact posterior with its covariance inflated: a good but imperfect proposal."""
+
+    def __init__(self, model, inflation=2.0):
+        super().__init__(model.x_dim, model.z_dim)
+        self._model, self.inflation = (model,), inflation
+
+    def distribution(self, x):
+        exact = posterior(self._model[0], x)
+        return dist.MultivariateNormal(exact.loc, exact.covariance_matrix * self.inflation)
+
+
+@pytest.fixture
+def ppca():
+    model = linear_gaussian()
+    with torch.no_grad():
+        x = model(batch_size=12)
+    return model, x, log_marginal(model, x)
+
+
+def within(result, reference, num_stderr=4.0, slack=0.02):
+    """Each per-point estimate agrees with the reference within a few standard errors."""
+    gap = (result.estimate - reference).abs()
+    return bool((gap <= num_stderr * result.stderr + slack).all()), gap.max().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear-Gaussian model: the exact answer is known
+# ---------------------------------------------------------------------------------------------
+
+def test_exact_matches_direct_multivariate_normal(ppca):
+    model, x, _ = ppca
+    weight, bias = model.decoder.weight.double(), model.decoder.bias.double()
+    covariance = weight @ weight.T + 0.25 * torch.eye(10, dtype=torch.float64)
+    direct = dist.MultivariateNormal(bias, covariance).log_prob(x.double())
+    result = estimate("exact", model, None, x, None)
+    assert torch.allclose(result.estimate, direct, atol=1e-9)
+    assert (result.stderr == 0).all()
+
+
+def test_exact_refuses_nonlinear_models():
+    model, guide = build({"z_dim": 2, "x_dim": 10, "hidden_dims": [8]})
+    with pytest.raises(ValueError, match="the exact log p\\(x\\) needs a linear-Gaussian model"):
+        estimate("exact", model, guide, torch.zeros(3, 10), None)
+
+
+def test_importance_with_exact_posterior_has_zero_spread(ppca):
+    model, x, exact = ppca
+    result = estimate("importance", model, ExactPosteriorGuide(model), x, 50)
+    assert torch.allclose(result.estimate, exact, atol=1e-3)
+    log_weights = log_importance_weights(model, ExactPosteriorGuide(model), x, 50)
+    assert (log_weights.std(0) < 1e-3).all()
+    assert torch.allclose(result.ess, torch.full_like(result.ess, 50.0), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name,num_samples", [("importance", 2000), ("mixture", 2000),
+                                              ("prior", 20000)])
+def test_sampling_estimators_agree_with_exact(ppca, name, num_samples):
+    model, x, exact = ppca
+    result = estimate(name, model, WidePosteriorGuide(model), x, num_samples)
+    ok, worst = within(result, exact)
+    assert ok, (name, worst, result.stderr.max().item())
+    if name != "prior":
+        # A proposal wider than the posterior has light-tailed weights. (Prior weights are
+        # bounded but so concentrated that PSIS rightly flags many of them at this K.)
+        assert result.summary()["khat_frac_above_0_7"] == 0.0
+
+
+def test_ais_agrees_with_exact(ppca):
+    model, x, exact = ppca
+    result = estimate("ais", model, None, x, 8, ais_steps=1000, ais_leapfrog=5)
+    ok, worst = within(result, exact, slack=0.1)
+    assert ok, (worst, result.stderr)
+    assert abs(result.estimate.mean().item() - exact.mean().item()) < 0.1
+    assert 0.3 < result.info["acceptance"].mean().item() < 0.95
+
+
+def test_ais_started_from_the_guide_agrees_with_exact(ppca):
+    model, x, exact = ppca
+    result = estimate("ais", model, WidePosteriorGuide(model), x, 8, ais_steps=100,
+                      ais_leapfrog=5, ais_start="guide")
+    ok, worst = within(result, exact, slack=0.05)
+    assert ok, worst
+
+
+def test_quadrature_agrees_with_exact_to_a_thousandth_of_a_nat(ppca):
+    model, x, exact = ppca
+    result = estimate("quadrature", model, None, x, None)
+    assert (result.estimate - exact).abs().max() < 1e-3
+    one_dim = linear_gaussian(z_dim=1)
+    with torch.no_grad():
+        x1 = one_dim(batch_size=5)
+    values, _, _ = quadrature_log_marginal(one_dim, x1)
+    assert (values - log_marginal(one_dim, x1)).abs().max() < 1e-3
+
+
+def test_bdmc_sandwiches_the_exact_value():
+    model = linear_gaussian()
+    pyro.set_rng_seed(4)
+    result = bdmc(model, 10, num_chains=4, num_steps=1000, num_leapfrog=5)
+    exact = log_marginal(model, result["x"])
+    # Both bounds are stochastic: on average they bracket log p(x), up to their Monte Carlo
+    # error (about 0.05 nats for the mean of 10 points here), and the gap is small.
+    assert result["lower"].mean() <= exact.mean() + 0.1
+    assert result["upper"].mean() >= exact.mean() - 0.1
+    assert result["gap"].mean() < 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# A nonlinear VAE with a 2-D latent: quadrature is the reference
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nonlinear():
+    """The true story of the synthetic data and a guide trained on its data by SVI."""
+    pyro.set_rng_seed(0)
+    dataset = load_dataset({"dataset": "synthetic", "synthetic_num_train": 1000,
+                            "synthetic_z_dim": 2, "synthetic_x_dim": 30})
+    model = dataset.true_model
+    guide = DiagonalGaussianGuide(30, 2, [64])
+    pyro.clear_param_store()
+    svi = SVI(model, guide, Adam({"lr": 3e-3}), Trace_ELBO())
+    train = dataset.train.data()
+    for step in range(600):
+        svi.step(train[torch.randint(0, 1000, (100,))], num_data=1000)
+    pyro.clear_param_store()
+    return model, guide.eval().requires_grad_(False), dataset.test.data()[:15]
+
+
+def test_importance_and_ais_agree_with_quadrature_on_a_nonlinear_vae(nonlinear):
+    model, guide, x = nonlinear
+    reference = estimate("quadrature", model, guide, x, None)
+    assert (reference.stderr < 1e-3).all()
+    importance = estimate("importance", model, guide, x, 5000)
+    ok, worst = within(importance, reference.estimate, slack=0.02)
+    assert ok, worst
+    ais = estimate("ais", model, guide, x, 8, ais_steps=300, ais_leapfrog=5)
+    ok, worst = within(ais, reference.estimate, slack=0.1)
+    assert ok, worst
+    assert abs(ais.estimate.mean() - reference.estimate.mean()) < 0.1
+
+
+def test_elbo_is_below_importance_and_importance_grows_with_k(nonlinear):
+    model, guide, x = nonlinear
+    means = {}
+    for k in (1, 10, 100):
+        repeats = [log_importance_weights(model, guide, x, k) for _ in range(20)]
+        means[k] = torch.stack([torch.logsumexp(w.double(), 0) - math.log(k)
+                                for w in repeats]).mean().item()
+    assert means[1] < means[10] < means[100] + 1e-3, means
+    pyro.set_rng_seed(1)
+    elbo = estimate("elbo", model, guide, x, 100).estimate.mean()
+    pyro.set_rng_seed(1)
+    iwae = estimate("importance", model, guide, x, 100).estimate.mean()
+    assert elbo <= iwae
+
+
+def test_same_seed_gives_the_same_numbers(nonlinear):
+    model, guide, x = nonlinear
+    first, second = [], []
+    for store in (first, second):
+        for name in ("importance", "prior", "mixture", "ais"):
+            pyro.set_rng_seed(7)
+            store.append(estimate(name, model, guide, x[:4], 20, ais_steps=10).estimate)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identities of the machinery
+# ---------------------------------------------------------------------------------------------
+
+class RecordingGuide(DiagonalGaussianGuide):
+    """Remembers the z it drew last, to recompute the weights by hand."""
+
+    def forward(self, x, num_data=None, batch_size=None):
+        self.last_z = super().forward(x, num_data, batch_size)
+        return self.last_z
+
+
+def test_vectorized_log_weights_match_hand_written_torch():
+    model, _ = build({"z_dim": 3, "x_dim": 20, "hidden_dims": [16]})
+    guide = RecordingGuide(20, 3, [16])
+    x = torch.bernoulli(torch.full((6, 20), 0.4))
+    log_weights = log_importance_weights(model, guide, x, 4)
+    z = guide.last_z
+    assert z.shape == (4, 6, 3)
+    z_loc, z_scale = guide.encode(x)
+    log_q = torch.distributions.Normal(z_loc, z_scale).log_prob(z).sum(-1)
+    log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    logits = model.decoder(z)
+    log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, x.expand_as(logits), reduction="none").sum(-1)
+    assert torch.allclose(log_weights, log_lik + log_prior - log_q, atol=1e-4)
+
+
+class DeltaGuide(DiagonalGaussianGuide):
+    """A deterministic proposal z = z_loc(x), so that every chunking sees the same draws."""
+
+    def distribution(self, x):
+        z_loc, _ = self.encode(x)
+        return dist.Delta(z_loc, event_dim=1)
+
+
+@pytest.mark.parametrize("budget", [1, 5, 7, 40, 10 ** 6])
+def test_chunking_does_not_change_results(budget):
+    model, _ = build({"z_dim": 2, "x_dim": 20, "hidden_dims": [16]})
+    guide = DeltaGuide(20, 2, [16])
+    x = torch.bernoulli(torch.full((9, 20), 0.4))
+    whole = log_importance_weights(model, guide, x, 6, max_batch_elements=10 ** 6)
+    chunked = log_importance_weights(model, guide, x, 6, max_batch_elements=budget)
+    # Equal up to float rounding: matrix products of other shapes may round differently.
+    assert torch.allclose(whole, chunked, rtol=0, atol=1e-5)
+    assert not torch.equal(whole[:, 0], whole[:, 1])
+    z = torch.randn(6, 9, 2)
+    assert torch.allclose(
+        quadrature_log_marginal(model, x[:3], max_batch_elements=10 ** 6)[0],
+        quadrature_log_marginal(model, x[:3], max_batch_elements=500)[0], atol=1e-9)
+    reference = log_joint(model, x, {"z": z})
+    assert torch.equal(log_joint(model, x, {"z": z})[1], reference[1])
+
+
+def test_model_parts_and_pyro_trace_give_the_same_log_density():
+    model, _ = build({"z_dim": 2, "x_dim": 20, "hidden_dims": [16]})
+    x = torch.bernoulli(torch.full((5, 20), 0.4))
+    z = torch.randn(3, 5, 2)
+    direct = LatentLogDensity(model, x)(z)
+    traced = LatentLogDensity(model, x, use_model_parts=False)(z)
+    for a, b in zip(direct, traced):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+def test_bad_inputs_get_clear_errors(ppca):
+    model, x, _ = ppca
+    guide = WidePosteriorGuide(model)
+    with pytest.raises(ValueError, match="number of samples K must be a positive integer"):
+        estimate("importance", model, guide, x, 0)
+    with pytest.raises(ValueError, match="unknown estimator 'harmonic'; valid estimators: ais, "
+                       "elbo, exact, importance, mixture, prior, quadrature"):
+        estimate("harmonic", model, guide, x, 10)
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        estimate("importance", model, guide, bad, 10)
+    with pytest.raises(ValueError, match="mixture weight a must lie in \\(0, 1\\)"):
+        estimate("mixture", model, guide, x, 10, mixture_weight=1.5)
+    with pytest.raises(ValueError, match="unknown AIS schedule 'cosine'"):
+        estimate("ais", model, guide, x, 2, ais_schedule="cosine")
+    big = linear_gaussian(z_dim=3)
+    with pytest.raises(ValueError, match="quadrature integrates over at most 2 latent "
+                       "dimensions but this model has z_dim=3"):
+        estimate("quadrature", big, None, torch.zeros(2, 10), None)
+    assert set(ESTIMATORS) == {"elbo", "importance", "prior", "mixture", "ais", "exact",
+                               "quadrature"}
