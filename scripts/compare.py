@@ -126,7 +126,7 @@ def plot_convergence(all_results, grid, out_dir):
         ax.set_title(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    figure.suptitle("Estimates of log p(x) against K (bands: ±2 Monte Carlo standard errors)")
+    figure.suptitle("log p-hat(x) against K (bands: ±2 Monte Carlo s.e.)", fontsize=10)
     figure.tight_layout()
     atomic_savefig(os.path.join(out_dir, "convergence.png"), figure, dpi=100)
     plt.close(figure)
