@@ -56,7 +56,7 @@ class _Start:
     """The normalized start density pi_0 of the chains: the prior, or the guide q(z | x)."""
 
     def __init__(self, kind, model, guide, x, density):
-        self.kind, self.density = kind, density
+        self.density = density
         if kind == "prior":
             self.distribution = None
         elif kind == "guide":
@@ -68,6 +68,12 @@ class _Start:
             self.distribution = q
         else:
             raise ValueError(f"unknown AIS start {kind!r}; valid: prior, guide")
+
+    def sample(self, num_chains):
+        """Initial states z ~ pi_0 of shape (C, N, D)."""
+        if self.distribution is not None:
+            return self.distribution.sample((num_chains,))
+        return self.density.sample_prior(num_chains)
 
     def evaluate(self, z):
         """(log pi_0(z), l(z), grad log pi_0, grad l), each log density of shape (C, N)."""
@@ -157,22 +163,12 @@ def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=500, num_leapfr
         x_chunk = x[begin:begin + data_step]
         density = LatentLogDensity(model, x_chunk)
         chain_start = _Start(start, model, guide, x_chunk, density)
-        z = _initial(chain_start, num_chains, x_chunk.shape[0], density.z_dim, x.device)
+        z = chain_start.sample(num_chains)
         log_weights, _, rate, step = anneal(chain_start, z, betas, num_leapfrog, step_size,
                                             target_accept)
         weights.append(log_weights), acceptance.append(rate), steps.append(step)
     info = {"acceptance": torch.cat(acceptance), "step_size": torch.cat(steps)}
     return torch.cat(weights, 1), info
-
-
-def _initial(chain_start, num_chains, num_data, z_dim, device):
-    if chain_start.distribution is not None:
-        return chain_start.distribution.sample((num_chains,))
-    with torch.no_grad():
-        prior = chain_start.density.model.prior() if chain_start.density.direct else None
-    if prior is not None:
-        return prior.sample((num_chains, num_data))
-    return torch.randn(num_chains, num_data, z_dim, device=device)
 
 
 def bdmc(model, num_data, num_chains=4, *, num_steps=500, num_leapfrog=10, step_size=0.05,
@@ -192,7 +188,7 @@ def bdmc(model, num_data, num_chains=4, *, num_steps=500, num_leapfrog=10, step_
     betas = SCHEDULES[schedule](int(num_steps))
     density = LatentLogDensity(model, x)
     chain_start = _Start("prior", model, None, x, density)
-    z = _initial(chain_start, num_chains, x.shape[0], density.z_dim, x.device)
+    z = chain_start.sample(num_chains)
     forward, *_ = anneal(chain_start, z, betas, num_leapfrog, step_size, target_accept)
     z_star = z_true.unsqueeze(0).expand(num_chains, *z_true.shape).contiguous()
     reverse, *_ = anneal(chain_start, z_star, betas.flip(0), num_leapfrog, step_size,

@@ -105,20 +105,18 @@ def pareto_khat(log_weights):
     return torch.as_tensor(np.asarray(khat, dtype=np.float64)).reshape(log_weights.shape[1:])
 
 
-def summarize_weights(log_weights, with_khat=True):
+def summarize_weights(log_weights):
     """All per-data-point diagnostics of importance weights, as a dict of (N,) float64 tensors:
     ``estimate`` (log p-hat), ``stderr``, ``ess``, ``ess_fraction`` (ESS / K), ``khat`` and
     ``max_weight``."""
     log_weights = _check(log_weights)
     ess = effective_sample_size(log_weights)
-    num_data = log_weights.shape[1]
     return {
         "estimate": log_mean_exp(log_weights),
         "stderr": log_mean_exp_stderr(log_weights),
         "ess": ess,
         "ess_fraction": ess / log_weights.shape[0],
-        "khat": pareto_khat(log_weights) if with_khat else
-        torch.full((num_data,), math.nan, dtype=torch.float64),
+        "khat": pareto_khat(log_weights),
         "max_weight": max_normalized_weight(log_weights),
     }
 

@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from evaluation.log_weights import log_joint
+from evaluation.log_weights import _Scorer, log_joint
 from models.vae import VAE
 
 
@@ -32,6 +32,15 @@ class LatentLogDensity:
             raise ValueError(f"AIS and quadrature need a model with one latent site 'z', this "
                              f"model has {latents}; use importance sampling instead")
         self.z_dim = trace.nodes["z"]["value"].shape[-1]
+
+    @torch.no_grad()
+    def sample_prior(self, num_chains):
+        """z ~ p(z) for each of C chains and N data points, shape (C, N, D)."""
+        if self.direct:
+            return self.model.prior().sample((num_chains, self.x.shape[0]))
+        trace, _, _ = _Scorer(self.model, None, self.x).run(self.model, self.x, num_chains)
+        z = trace.nodes["z"]["value"]
+        return z.expand(num_chains, self.x.shape[0], self.z_dim)
 
     def __call__(self, z):
         """(log_prior, log_likelihood), each of shape z.shape[:-1]."""

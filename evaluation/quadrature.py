@@ -62,8 +62,7 @@ def quadrature_log_marginal(model, x, *, tolerance=1e-4, box=8.0, width=10.0,
     :returns: (log_px (N,), error (N,), points (N,)): the estimate, the size of its last change
         under refinement (an estimate of the numerical error) and the grid points per dimension.
     """
-    density = LatentLogDensity(model, x)
-    z_dim = density.z_dim
+    z_dim = LatentLogDensity(model, x[:1]).z_dim
     if z_dim > MAX_LATENT_DIM:
         raise ValueError(f"quadrature integrates over at most {MAX_LATENT_DIM} latent dimensions "
                          f"but this model has z_dim={z_dim}; use importance or ais instead")

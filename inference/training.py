@@ -107,7 +107,7 @@ def plot_metrics(out_dir, metrics, title=""):
     plt.close(figure)
 
 
-def _check_config(config, dataset):
+def _check_config(config):
     for key in ("num_epochs", "batch_size"):
         if int(config[key]) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
@@ -123,7 +123,7 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
     :param dict checkpoint: a loaded checkpoint to resume from (see ``load_checkpoint``).
     :returns: the summary dict written to ``summary.json``.
     """
-    _check_config(config, dataset)
+    _check_config(config)
     os.makedirs(out_dir, exist_ok=True)
     forget_stale_params()
     optimizer = Adam({"lr": config["learning_rate"]})

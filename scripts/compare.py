@@ -93,7 +93,7 @@ COLORS = {"elbo": "#999999", "importance": "#0072B2", "prior": "#D55E00", "mixtu
           "ais": "#009E73", "exact": "#000000", "quadrature": "#E69F00"}
 
 
-def plot_convergence(all_results, grid, out_dir):
+def plot_convergence(all_results, out_dir):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,7 +190,7 @@ def main(args):
     table = markdown(rows, paired_rows)
     atomic_write_text(os.path.join(args.out, "comparison.md"), table)
     atomic_write_text(os.path.join(args.out, "comparison.csv"), csv_text(rows, SUMMARY_FIELDS))
-    plot_convergence(all_results, grid, args.out)
+    plot_convergence(all_results, args.out)
     files = ["comparison.md", "comparison.csv", "convergence.png"]
     if paired_rows:
         atomic_write_text(os.path.join(args.out, "paired.csv"), csv_text(paired_rows,

@@ -246,12 +246,14 @@ def test_chunking_does_not_change_results(budget):
     # Equal up to float rounding: matrix products of other shapes may round differently.
     assert torch.allclose(whole, chunked, rtol=0, atol=1e-5)
     assert not torch.equal(whole[:, 0], whole[:, 1])
-    z = torch.randn(6, 9, 2)
+
+
+def test_quadrature_chunking_does_not_change_results():
+    model, _ = build({"z_dim": 2, "x_dim": 20, "hidden_dims": [16]})
+    x = torch.bernoulli(torch.full((3, 20), 0.4))
     assert torch.allclose(
-        quadrature_log_marginal(model, x[:3], max_batch_elements=10 ** 6)[0],
-        quadrature_log_marginal(model, x[:3], max_batch_elements=500)[0], atol=1e-9)
-    reference = log_joint(model, x, {"z": z})
-    assert torch.equal(log_joint(model, x, {"z": z})[1], reference[1])
+        quadrature_log_marginal(model, x, max_batch_elements=10 ** 6)[0],
+        quadrature_log_marginal(model, x, max_batch_elements=500)[0], atol=1e-9)
 
 
 def test_model_parts_and_pyro_trace_give_the_same_log_density():
@@ -262,6 +264,18 @@ def test_model_parts_and_pyro_trace_give_the_same_log_density():
     traced = LatentLogDensity(model, x, use_model_parts=False)(z)
     for a, b in zip(direct, traced):
         assert torch.allclose(a, b, atol=1e-5)
+    # log_joint is the traced path: its log p(z) is the standard normal's.
+    log_prior, _ = log_joint(model, x, {"z": z})
+    assert torch.allclose(log_prior, torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1),
+                          atol=1e-5)
+
+
+def test_prior_draws_through_the_trace_follow_the_prior():
+    model, _ = build({"z_dim": 2, "x_dim": 20, "hidden_dims": [16]})
+    x = torch.bernoulli(torch.full((4, 20), 0.4))
+    z = LatentLogDensity(model, x, use_model_parts=False).sample_prior(5000)
+    assert z.shape == (5000, 4, 2)
+    assert z.mean().abs() < 0.03 and (z.std() - 1).abs() < 0.03
 
 
 # ---------------------------------------------------------------------------------------------
