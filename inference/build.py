@@ -1,11 +1,20 @@
 """Build the model and guide that a run configuration (a plain dict) describes."""
 
 from inference.guides import GUIDES
-from models import build_model, lookup
+from models import build_model, check_part, lookup
 
 
 def build_guide(config):
-    return lookup(GUIDES, config.get("guide", "diagonal"), "guide").from_config(config)
+    """The guide named by ``config["guide"]``: a registered name or a user's ``module:Class``,
+    built with ``from_config(config)`` when the class has one, else as ``cls(x_dim, z_dim)``."""
+    name = config.get("guide", "diagonal")
+    cls = lookup(GUIDES, name, "guide", allow_custom=True)
+    if hasattr(cls, "from_config"):
+        guide = cls.from_config(config)
+    else:
+        guide = cls(config["x_dim"], config["z_dim"])
+    check_part(guide, name, "guide", config["z_dim"])
+    return guide
 
 
 def build(config):

@@ -14,6 +14,7 @@ between models are paired. A small MNIST subset ships with the package for tests
 synthetic data set is drawn from a known generative story whose true parameters are returned.
 """
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -223,19 +224,38 @@ def load_dataset(config, device="cpu"):
     return dataset.to(device)
 
 
-def synthetic_story(z_dim=2, x_dim=50, likelihood="bernoulli", sigma=0.1, seed=0, hidden_dim=64):
+SYNTHETIC_PRIORS = ("standard", "mixture")
+
+
+def synthetic_story(z_dim=2, x_dim=50, likelihood="bernoulli", sigma=0.1, seed=0, hidden_dim=64,
+                    prior="standard"):
     """A VAE with a fixed random decoder: the known generative story of the synthetic data.
 
-    z ~ N(0, I_{z_dim}); f(z) = W2 tanh(W1 z + b1) + b2 with W1, b1 ~ N(0, 1) and
-    W2 ~ N(0, 9 / hidden_dim), so each logit (or mean) varies over several units with z and x
-    carries real information about z; x ~ Bernoulli(sigmoid(f(z))) or N(f(z), sigma^2 I).
+    z ~ N(0, I_{z_dim}) (``prior="standard"``) or, for ``prior="mixture"``, an equal mixture of
+    8 Gaussians with scale 0.15 whose means lie on a circle of radius 2.5 in the first two latent
+    dimensions (clusters that a standard normal prior can only mimic by folding its mass);
+    f(z) = W2 tanh(W1 z + b1) + b2 with W1, b1 ~ N(0, 1) and W2 ~ N(0, 9 / hidden_dim), so each
+    logit (or mean) varies over several units with z and x carries real information about z;
+    x ~ Bernoulli(sigmoid(f(z))) or N(f(z), sigma^2 I).
     """
     from models import build_model
 
+    if prior not in SYNTHETIC_PRIORS:
+        raise DataError(f"unknown synthetic prior {prior!r}; valid: {', '.join(SYNTHETIC_PRIORS)}")
     config = {"z_dim": z_dim, "x_dim": x_dim, "hidden_dims": [hidden_dim], "activation": "tanh",
-              "likelihood": likelihood, "sigma": sigma, "prior": "standard",
-              "architecture": "mlp"}
+              "likelihood": likelihood, "sigma": sigma, "architecture": "mlp",
+              "prior": "mog" if prior == "mixture" else "standard", "prior_components": 8}
     model = build_model(config)
+    if prior == "mixture":
+        angles = torch.arange(8, dtype=torch.float32) * (2 * math.pi / 8)
+        with torch.no_grad():
+            model.prior.logits.zero_()
+            model.prior.locs.zero_()
+            model.prior.locs[:, 0] = 2.5 * angles.cos()
+            if z_dim > 1:
+                model.prior.locs[:, 1] = 2.5 * angles.sin()
+            # softplus(raw + log(e - 1)) = 0.15
+            model.prior.raw_scales.fill_(math.log(math.exp(0.15) - 1.0) - math.log(math.e - 1.0))
     generator = torch.Generator().manual_seed(seed)
     first, last = model.decoder[0], model.decoder[-1]
     with torch.no_grad():
@@ -256,7 +276,8 @@ def make_synthetic(config):
     story = synthetic_story(z_dim=config.get("synthetic_z_dim", 2),
                             x_dim=config.get("synthetic_x_dim", 50),
                             likelihood=likelihood, sigma=config.get("sigma", 0.1),
-                            seed=config.get("synthetic_seed", 0))
+                            seed=config.get("synthetic_seed", 0),
+                            prior=config.get("synthetic_prior", "standard"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.get("synthetic_seed", 0) + 1)
         trace = poutine.trace(story).get_trace(batch_size=sum(sizes.values()))

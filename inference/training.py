@@ -21,15 +21,18 @@ import time
 
 import pyro
 import torch
-from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.infer import SVI
 from pyro.optim import Adam
 from tqdm.auto import tqdm
 
 from evaluation.log_weights import log_importance_weights
 from inference.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
 from inference.io import atomic_savefig, atomic_write_json, atomic_write_text
+from inference.objectives import ScaleLatents, kl_weight, make_loss, warmed
 
-METRIC_FIELDS = ("epoch", "train_elbo", "validation_elbo", "seconds")
+# train_elbo is the training objective per point (the IWAE bound for --objective iwae, the
+# KL-weighted ELBO during warm-up); validation_elbo is always the plain ELBO.
+METRIC_FIELDS = ("epoch", "train_elbo", "validation_elbo", "kl_weight", "seconds")
 
 
 def resolve_device(name="auto"):
@@ -72,7 +75,7 @@ def forget_stale_params():
     """
     store = pyro.get_param_store()
     for name in list(store.keys()):
-        if name.split("$$$")[0] in ("model", "guide"):
+        if name.split("$$$")[0] in ("model", "guide", "local_guide"):
             del store[name]
 
 
@@ -81,7 +84,7 @@ def write_metrics(out_dir, metrics):
     writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in metrics:
-        writer.writerow({key: row[key] for key in METRIC_FIELDS})
+        writer.writerow({key: row.get(key, 1.0) for key in METRIC_FIELDS})
     atomic_write_text(os.path.join(out_dir, "metrics.csv"), buffer.getvalue())
 
 
@@ -111,6 +114,8 @@ def _check_config(config):
     for key in ("num_epochs", "batch_size"):
         if int(config[key]) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
+    if float(config.get("kl_warmup_epochs") or 0) < 0:
+        raise ValueError(f"--kl-warmup-epochs must be >= 0, got {config['kl_warmup_epochs']}")
     if not config["learning_rate"] > 0:
         raise ValueError(f"--learning-rate must be positive, got {config['learning_rate']}")
 
@@ -135,8 +140,8 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
         log(f"resuming {out_dir} after epoch {start_epoch}")
     atomic_write_json(os.path.join(out_dir, "config.json"), config)
 
-    loss = JitTrace_ELBO(ignore_jit_warnings=True) if config.get("jit") else Trace_ELBO()
-    svi = SVI(model, guide, optimizer, loss)
+    scaler = ScaleLatents(1.0)
+    svi = SVI(warmed(model, scaler), warmed(guide, scaler), optimizer, make_loss(config))
     train, num_data = dataset.train, len(dataset.train)
     batch_size = min(int(config["batch_size"]), num_data)
     # A traced graph has fixed shapes, so under --jit every minibatch must have the same size.
@@ -151,6 +156,7 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
         bar = tqdm(total=num_batches, desc=f"epoch {epoch}/{num_epochs}", unit="batch",
                    disable=not progress, leave=False, dynamic_ncols=True)
         for x in train.batches(batch_size, shuffle=True, drop_last=drop_last):
+            scaler.weight = kl_weight(config, epoch, steps + 1, num_batches)
             total += _step(svi, x, num_data, config, first=steps == 0 and epoch == start_epoch + 1)
             steps += 1
             bar.update()
@@ -164,7 +170,8 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
                              "--learning-rate or check the data")
         validation_elbo = mean_elbo(model, guide, dataset.validation)
         metrics.append({"epoch": epoch, "train_elbo": train_elbo,
-                        "validation_elbo": validation_elbo, "seconds": seconds})
+                        "validation_elbo": validation_elbo, "kl_weight": scaler.weight,
+                        "seconds": seconds})
         improved = validation_elbo > best["validation_elbo"]
         if improved:
             best = {"epoch": epoch, "validation_elbo": validation_elbo}

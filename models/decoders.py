@@ -7,7 +7,7 @@ logits or a Gaussian mean, two for a mean and a scale). Leading dimensions are b
 
 from torch import nn
 
-from models.networks import MLP
+from models.networks import MLP, ConvDecoder as _ConvNet
 
 
 class MLPDecoder(MLP):
@@ -38,7 +38,23 @@ class LinearDecoder(nn.Linear):
         return cls(config["z_dim"], out_features)
 
 
+class ConvDecoder(_ConvNet):
+    """f(z; theta) as dense layers followed by two transposed convolutions, for 28x28 images
+    (any height and width divisible by 4); the guide uses the mirrored convolutional encoder."""
+
+    @classmethod
+    def from_config(cls, config, out_features):
+        image_shape = config.get("image_shape")
+        pixels = int(config["x_dim"])
+        if out_features % pixels:
+            raise ValueError(f"out_features {out_features} is not a multiple of x_dim {pixels}")
+        return cls(config["z_dim"], image_shape, out_features // pixels,
+                   hidden=config["hidden_dims"][0] if config.get("hidden_dims") else 256,
+                   activation=config.get("activation", "relu"))
+
+
 DECODERS = {
     "mlp": MLPDecoder,
+    "conv": ConvDecoder,
     "linear": LinearDecoder,
 }

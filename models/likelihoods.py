@@ -75,7 +75,60 @@ class GaussianLikelihood(Likelihood):
         return loc
 
 
+class LearnedGaussianLikelihood(Likelihood):
+    """x ~ N(f_mu(z), diag f_sigma(z)^2): the decoder outputs a mean and a scale for every feature.
+
+    The scale is softplus(raw) + ``min_scale``. Without the floor, pixels that are always 0 (the
+    border of MNIST) let sigma shrink towards 0 and log p(x | z) grow without bound, so the
+    likelihood would measure the floor rather than the model; state it when comparing numbers.
+    """
+
+    params_per_feature = 2
+
+    def __init__(self, min_scale=0.01):
+        super().__init__()
+        if not min_scale > 0:
+            raise ValueError(
+                f"the gaussian-learned likelihood needs min_scale > 0, got {min_scale}")
+        self.min_scale = float(min_scale)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.get("min_scale", 0.01))
+
+    def split(self, decoder_output):
+        """(loc, scale), each of shape (..., x_dim)."""
+        loc, raw_scale = decoder_output.chunk(2, dim=-1)
+        return loc, torch.nn.functional.softplus(raw_scale) + self.min_scale
+
+    def forward(self, decoder_output):
+        loc, scale = self.split(decoder_output)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def mean(self, decoder_output):
+        return decoder_output.chunk(2, dim=-1)[0]
+
+
+class ContinuousBernoulliLikelihood(Likelihood):
+    """x_d ~ ContinuousBernoulli(lambda_d) on [0, 1] with logits f(z) (Loaiza-Ganem & Cunningham
+    2019): the Bernoulli likelihood corrected by its normalizing constant, so that it is a proper
+    density for grey levels. Its mean is not sigmoid(f(z)); :meth:`mean` returns the true mean."""
+
+    def forward(self, logits):
+        return dist.ContinuousBernoulli(logits=logits).to_event(1)
+
+    def check_data(self, x):
+        bad = (x < 0) | (x > 1)
+        if bad.any():
+            example = x[bad].flatten()[0].item()
+            raise ValueError(
+                "the continuous-bernoulli likelihood needs values in [0, 1] but got values such "
+                f"as {example:.4g}; rescale the data to [0, 1] or use --likelihood gaussian")
+
+
 LIKELIHOODS = {
     "bernoulli": BernoulliLikelihood,
     "gaussian": GaussianLikelihood,
+    "gaussian-learned": LearnedGaussianLikelihood,
+    "continuous-bernoulli": ContinuousBernoulliLikelihood,
 }

@@ -8,9 +8,14 @@ Pyro, so SVI trains them with the decoder. ``log_prob`` must be exact, because e
 log p(x) evaluates it.
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 import pyro.distributions as dist
+from pyro.distributions.transforms import AffineAutoregressive
+from pyro.nn import AutoRegressiveNN
 
 
 class Prior(nn.Module):
@@ -33,6 +38,12 @@ class Prior(nn.Module):
     def forward(self):
         raise NotImplementedError
 
+    def shared_modules(self):
+        """{name: module} of modules this prior uses but does not own (such as the encoder of a
+        VampPrior). The model registers them with Pyro under these names, so SVI trains them
+        once, together with the owner that registers the same name."""
+        return {}
+
 
 class StandardNormalPrior(Prior):
     """p(z) = N(z | 0, I)."""
@@ -47,6 +58,108 @@ class StandardNormalPrior(Prior):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
+_SOFTPLUS_OF_ONE = math.log(math.e - 1.0)
+
+
+class MixtureOfGaussiansPrior(Prior):
+    """p(z) = sum_k pi_k N(z | m_k, diag s_k^2) with learnable weights pi (softmax of logits),
+    means m_k and scales s_k: a prior that can put its mass into clusters
+    (e.g. Dilokthanakul et al. 2016)."""
+
+    def __init__(self, z_dim, num_components=10, init_spread=1.0):
+        super().__init__(z_dim)
+        if int(num_components) < 1:
+            raise ValueError(f"the mog prior needs at least one component, got {num_components}")
+        self.num_components = int(num_components)
+        self.logits = nn.Parameter(torch.zeros(self.num_components))
+        # Spread the means so that the components do not start identical (they would stay so).
+        self.locs = nn.Parameter(init_spread * torch.randn(self.num_components, self.z_dim))
+        self.raw_scales = nn.Parameter(torch.zeros(self.num_components, self.z_dim))
+
+    @classmethod
+    def from_config(cls, config, **context):
+        return cls(config["z_dim"], config.get("prior_components") or 10)
+
+    def scales(self):
+        # The shift makes raw 0 a unit scale, so components start as unit Gaussians.
+        return F.softplus(self.raw_scales + _SOFTPLUS_OF_ONE) + 1e-4
+
+    def forward(self):
+        components = dist.Normal(self.locs, self.scales()).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+class VampPrior(Prior):
+    """The VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), the guide's
+    Gaussian encoder evaluated at K learnable pseudo-inputs u_k.
+
+    The encoder is the guide's, shared rather than copied: the prior keeps a reference to the
+    guide and registers it with Pyro under the guide's own name (see :meth:`shared_modules`), so
+    SVI trains one set of encoder weights from both the prior and the guide terms. For a guide
+    with flow steps (``iaf``) the components are its Gaussian base encoder q_0(z | u_k), whose
+    density needs no inversion of the flow. Pseudo-inputs are kept in [0, 1] with a hard tanh and
+    start near 0.05, as in the paper.
+    """
+
+    def __init__(self, z_dim, guide, x_dim, num_components=500):
+        super().__init__(z_dim)
+        if guide is None or not hasattr(guide, "encoder_distribution"):
+            raise ValueError("the vamp prior needs an amortized guide with encoder_distribution(x)"
+                             " (such as --guide diagonal, fullcov or iaf)")
+        if guide.z_dim != self.z_dim:
+            raise ValueError(f"the guide's z_dim {guide.z_dim} differs from the prior's {z_dim}")
+        self.num_components = int(num_components)
+        self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(self.num_components, x_dim))
+        # A tuple keeps the guide out of this module's parameters: the guide owns them.
+        self._guide = (guide,)
+
+    @classmethod
+    def from_config(cls, config, guide=None, **context):
+        return cls(config["z_dim"], guide, config["x_dim"], config.get("prior_components") or 500)
+
+    def shared_modules(self):
+        return {"guide": self._guide[0]}
+
+    def forward(self):
+        u = F.hardtanh(self.pseudo_inputs, 0.0, 1.0)
+        components = self._guide[0].encoder_distribution(u)
+        logits = torch.zeros(self.num_components, device=u.device)
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
+
+
+class FlowPrior(Prior):
+    """p(z): N(0, I) pushed through learnable masked autoregressive flow layers (MAF,
+    Papamakarios et al. 2017), z = T_L(... T_1(e)), e ~ N(0, I).
+
+    Each layer is an affine autoregressive transform of ``pyro.distributions.transforms`` used in
+    the density direction: the density log p(z) = log N(T^-1(z)) + log |det dT^-1/dz| takes one
+    network pass per layer, which matters because every estimator evaluates log p(z) at many z;
+    sampling (only for generating data) takes z_dim passes per layer. Each layer orders the
+    dimensions by its own random permutation, saved with the checkpoint.
+    """
+
+    def __init__(self, z_dim, num_flows=4, hidden_dims=None):
+        super().__init__(z_dim)
+        hidden_dims = list(hidden_dims or [max(64, 4 * self.z_dim)])
+        self.layers = nn.ModuleList(
+            AffineAutoregressive(AutoRegressiveNN(self.z_dim, hidden_dims), stable=False)
+            for _ in range(int(num_flows)))
+        self.register_buffer("loc", torch.zeros(self.z_dim))
+        self.register_buffer("scale", torch.ones(self.z_dim))
+
+    @classmethod
+    def from_config(cls, config, **context):
+        hidden = config.get("flow_hidden")
+        return cls(config["z_dim"], config.get("prior_flows", 4), [hidden] if hidden else None)
+
+    def forward(self):
+        base = dist.Normal(self.loc, self.scale).to_event(1)
+        return dist.TransformedDistribution(base, [layer.inv for layer in self.layers])
+
+
 PRIORS = {
     "standard": StandardNormalPrior,
+    "mog": MixtureOfGaussiansPrior,
+    "vamp": VampPrior,
+    "flow": FlowPrior,
 }

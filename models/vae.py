@@ -64,6 +64,8 @@ class VAE(nn.Module):
         :returns: the observed or generated x, of shape (batch_size, x_dim).
         """
         pyro.module("model", self)
+        for name, module in self.prior.shared_modules().items():
+            pyro.module(name, module)
         if x is not None:
             if is_validation_enabled():
                 check_batch(x, self.x_dim)

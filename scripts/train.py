@@ -16,8 +16,10 @@ import pyro
 from inference.build import build
 from inference.checkpoint import LAST, load_checkpoint
 from inference.cli import HelpFormatter, comma_list, run
-from inference.data import BINARIZATIONS, DATASETS, default_data_dir, load_dataset
+from inference.data import (BINARIZATIONS, DATASETS, SYNTHETIC_PRIORS, default_data_dir,
+                            load_dataset)
 from inference.guides import GUIDES
+from inference.objectives import OBJECTIVES
 from inference.training import fit, resolve_device
 from models import DECODERS, LIKELIHOODS, PRIORS, ConfigError, lookup
 from models.networks import ACTIVATIONS
@@ -133,15 +135,34 @@ def make_parser():
                       help="synthetic training points (validation and test: 1000 each)")
     data.add_argument("--synthetic-seed", type=int, default=0,
                       help="seed of the true decoder and of the synthetic draws")
+    data.add_argument("--synthetic-prior", choices=SYNTHETIC_PRIORS, default="standard",
+                      help="the true prior of the synthetic story: N(0, I) or a mixture of 8 "
+                      "Gaussians on a circle")
 
     model = parser.add_argument_group("model and guide")
-    model.add_argument("--prior", default="standard", help=f"one of {', '.join(PRIORS)}")
+    model.add_argument("--prior", default="standard",
+                       help=f"one of {', '.join(PRIORS)}, or module:Class for your own")
+    model.add_argument("--prior-components", type=int, default=None,
+                       help="components of the mog prior (default 10) or pseudo-inputs of the "
+                       "vamp prior (default 500)")
+    model.add_argument("--prior-flows", type=int, default=4,
+                       help="masked autoregressive layers of the flow prior")
     model.add_argument("--likelihood", default="bernoulli",
                        help=f"one of {', '.join(LIKELIHOODS)}")
     model.add_argument("--sigma", type=float, default=0.1,
                        help="the fixed standard deviation of the gaussian likelihood")
-    model.add_argument("--guide", default="diagonal", help=f"one of {', '.join(GUIDES)}")
-    model.add_argument("--architecture", default="mlp", help=f"one of {', '.join(DECODERS)}")
+    model.add_argument("--min-scale", type=float, default=0.01,
+                       help="the smallest standard deviation of the gaussian-learned likelihood")
+    model.add_argument("--guide", default="diagonal", help=f"one of {', '.join(GUIDES)} "
+                       "(local: at evaluation only), or module:Class for your own")
+    model.add_argument("--guide-flows", type=int, default=2,
+                       help="inverse autoregressive flow steps of the iaf guide")
+    model.add_argument("--flow-hidden", type=int, default=None,
+                       help="hidden units of the autoregressive networks of the flow prior and "
+                       "the iaf guide (default max(64, 4 * z_dim))")
+    model.add_argument("--architecture", default="mlp",
+                       help=f"one of {', '.join(DECODERS)} (conv: for 28x28 images; the encoder "
+                       "mirrors the decoder)")
     model.add_argument("--z-dim", type=int, default=50, help="dimension of the latent z")
     model.add_argument("--hidden-dims", type=comma_list(int), default=[512, 256],
                        help="encoder hidden sizes, comma-separated; the decoder mirrors them")
@@ -152,6 +173,13 @@ def make_parser():
                           help="passes over the training split (in total, when resuming)")
     training.add_argument("--batch-size", type=int, default=128, help="minibatch size B")
     training.add_argument("--learning-rate", type=float, default=1e-3, help="Adam step size")
+    training.add_argument("--objective", default="elbo", choices=OBJECTIVES,
+                          help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL "
+                          "where it exists); iwae: the importance-weighted bound")
+    training.add_argument("--num-particles", type=int, default=1,
+                          help="draws of z per data point and step (K of the iwae bound)")
+    training.add_argument("--kl-warmup-epochs", type=float, default=0,
+                          help="scale log p(z) - log q(z|x) from ~0 to 1 over this many epochs")
     training.add_argument("--jit", action="store_true", help="use JitTrace_ELBO")
     training.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     training.add_argument("--seed", type=int, default=0,

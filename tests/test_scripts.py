@@ -65,7 +65,8 @@ def test_train_rejects_grey_levels_for_bernoulli(tmp_path):
 
 def test_train_rejects_unknown_prior(tmp_path):
     result = run_script("train.py", *SMALL, "--prior", "gamma", "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "unknown prior 'gamma'; valid priors: standard")
+    assert_one_line_error(
+        result, "unknown prior 'gamma'; valid priors: flow, mog, standard, vamp or module:Class")
 
 
 def test_train_with_corrupt_checkpoint_exits_with_one_clear_line(tmp_path):
