@@ -38,3 +38,14 @@ def format_table(summaries):
                      f"{s['log_px_stderr']:>10.4f}{s['log_px_data_stderr']:>11.3f}{ess:>10}"
                      f"{flagged:>8}{s['seconds']:>10.2f}")
     return "\n".join(lines)
+
+
+def format_number(value):
+    """A float shown with as many digits as it deserves ('' for NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.4g}" if abs(value) < 1 else f"{value:.3f}".rstrip("0").rstrip(".")
+        return f"{value:.3e}"
+    return str(value)

@@ -152,6 +152,33 @@ def plot_paired(paired_results, out_dir):
     plt.close(figure)
 
 
+def write_report(args, labels, rows, paired_rows):
+    """report.html: the tables and plots of this comparison in one self-contained file."""
+    from evaluation.html_report import figure_html, page, table_html
+
+    runs = [{"run": label, "path": path} for label, path in zip(labels, args.runs)]
+    summary_columns = [("run", "run"), ("estimator", "estimator"), ("num_samples", "K"),
+                       ("num_data", "points"), ("log_px_mean", "log p(x), mean"),
+                       ("log_px_stderr", "Monte Carlo s.e."), ("log_px_data_stderr",
+                                                               "s.e. over data"),
+                       ("ess_mean", "ESS (mean)"), ("khat_frac_above_0_7", "share k-hat > 0.7"),
+                       ("seconds", "seconds")]
+    paired_columns = [("run", "run"), ("baseline", "baseline"), ("estimator", "estimator"),
+                      ("num_samples", "K"), ("mean_difference", "mean difference"),
+                      ("paired_stderr", "paired s.e."), ("unpaired_stderr", "unpaired s.e.")]
+    sections = [("Runs", table_html(runs, [("run", "run"), ("path", "path")])),
+                ("Estimates", table_html(rows, summary_columns)
+                 + figure_html(os.path.join(args.out, "convergence.png"),
+                               "Mean log p-hat against K, +-2 standard errors."))]
+    if paired_rows:
+        sections.append(("Paired differences against the first run",
+                         table_html(paired_rows, paired_columns)
+                         + figure_html(os.path.join(args.out, "paired.png"),
+                                       "Per-image differences against the first run.")))
+    atomic_write_text(os.path.join(args.out, "report.html"),
+                      page("Comparison of log p(x) estimates", sections))
+
+
 def main(args):
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
@@ -197,6 +224,8 @@ def main(args):
                                                                          PAIRED_FIELDS))
         plot_paired(paired_results, args.out)
         files += ["paired.csv", "paired.png"]
+    write_report(args, labels, rows, paired_rows)
+    files.append("report.html")
     print(table)
     print(f"files in {args.out}: {', '.join(files)}")
     return rows, paired_rows

@@ -66,7 +66,7 @@ def test_compare_writes_tables_plots_and_paired_differences(runs, tmp_path):
                         "--ais-leapfrog", "2", "--out", str(out), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert {"comparison.md", "comparison.csv", "convergence.png", "paired.csv",
-            "paired.png"} <= set(os.listdir(out))
+            "paired.png", "report.html"} <= set(os.listdir(out))
     with open(out / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * (3 + 3 + 1 + 1)
