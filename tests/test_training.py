@@ -48,7 +48,7 @@ def test_training_on_synthetic_data_improves_the_elbo(tmp_path):
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
-    assert set(rows[0]) == {"epoch", "train_elbo", "validation_elbo", "seconds"}
+    assert set(rows[0]) == {"epoch", "train_elbo", "validation_elbo", "kl_weight", "seconds"}
     assert float(rows[-1]["validation_elbo"]) > float(rows[0]["validation_elbo"])
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["z_dim"] == 2
