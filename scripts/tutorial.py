@@ -71,8 +71,7 @@ def tutorial_text(facts, summary, estimators, commands, figure_dir):
         "A VAE tells a story for each image x: draw a latent blueprint z ~ p(z) = N(0, I), "
         "decode it to pixel probabilities mu = f(z), then draw each pixel x_d ~ Bernoulli(mu_d). "
         f"This run uses a **2-dimensional z**, so z-space can be drawn on paper. It trained for "
-        f"{summary['epochs']} epochs on {summary['num_train']} MNIST images "
-        f"({summary['seconds_per_epoch']:.1f} s per epoch); its test ELBO is "
+        f"{summary['epochs']} epochs on {summary['num_train']} MNIST images; its test ELBO is "
         f"**{fmt(summary['test_elbo'])} nats** per image.",
         "",
         "Two puzzles come up again and again:",

@@ -214,3 +214,27 @@ def test_explore_refuses_bad_input_with_one_line(z2_run, tmp_path):
     assert_one_line_error(result, "--z needs 2 comma-separated values")
     result = run_script("explore.py", str(tmp_path / "nothing"))
     assert_one_line_error(result, "no checkpoint")
+
+
+def test_tutorial_builds_from_a_run_and_quotes_its_numbers(tmp_path):
+    import re
+
+    run_dir, docs = tmp_path / "run", tmp_path / "docs"
+    result = run_script("tutorial.py", "--dataset", "mnist-subset", "--num-epochs", "1",
+                        "--run", str(run_dir), "--docs", str(docs), "--convergence-k", "1,10",
+                        "--eval-data", "20", "--num-samples", "20", "--device", "cpu",
+                        "--no-progress")
+    assert result.returncode == 0, result.stderr
+    text = (docs / "tutorial.md").read_text()
+    linked = re.findall(r"\]\((figures/[a-z_]+\.png)\)", text)
+    assert len(linked) == 7
+    assert all((docs / path).is_file() for path in linked)
+    assert sum((docs / path).stat().st_size for path in linked) < 400 * 1024
+    explored = json.loads((run_dir / "explore.json").read_text())
+    facts = explored["facts"]
+    assert f"{facts['prior_ess']:.1f}" in text
+    assert f"{facts['log_px_quadrature']:.3f}" in text
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"{summary['test_elbo']:.2f}" in text
+    assert "python scripts/tutorial.py --dataset mnist-subset --num-epochs 1" in text
+    check_self_contained_html((run_dir / "report.html").read_text())
