@@ -92,12 +92,14 @@ def _mosaic(images, columns, pad=1):
 
 
 def encoder_means(guide, x, num_draws=64):
-    """The mean of q(z | x) for each row of x: the encoder's location for Gaussian guides, else
-    the average of ``num_draws`` draws."""
+    """The mean of q(z | x) for each row of x: exact where the distribution knows it (Gaussian
+    guides), else the average of ``num_draws`` draws (flows such as ``iaf``)."""
     with torch.no_grad():
-        if hasattr(guide, "encode"):
-            return guide.encode(x)[0]
-        return guide.distribution(x).sample((num_draws,)).mean(0)
+        q = guide.distribution(x)
+        try:
+            return q.mean
+        except NotImplementedError:
+            return q.sample((num_draws,)).mean(0)
 
 
 def _project(z):
