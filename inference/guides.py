@@ -1,9 +1,14 @@
-"""Guides q(z | x): amortized encoders that propose the latent blueprint z for a data point x.
+"""Guides q(z | x): encoders that propose the latent blueprint z for a data point x.
 
 A guide is an ``nn.Module`` whose call is the Pyro guide: it samples the site ``"z"`` in the same
-``"data"`` plate as the model, so Pyro pairs each data point with its own z. Amortized guides also
-expose ``distribution(x)``, the distribution q(z | x) with batch shape (batch_size,) and event
-shape (z_dim,), so that evaluation and figures can use its exact ``log_prob``.
+``"data"`` plate as the model, so Pyro pairs each data point with its own z. Every guide exposes
+``distribution(x)``, the distribution q(z | x) with batch shape (batch_size,) and event shape
+(z_dim,), so that evaluation and figures can use its exact ``log_prob``.
+
+``GUIDES`` maps command-line names to classes: ``diagonal`` (Kingma & Welling 2014), ``fullcov``
+(a Cholesky-factor Gaussian), ``iaf`` (inverse autoregressive flow, Kingma et al. 2016) and
+``local`` (free per-point parameters fitted at evaluation, for the gap decomposition of Cremer
+et al. 2018). The encoder network is an MLP or, with ``architecture: conv``, a small CNN.
 """
 
 import pyro
