@@ -31,7 +31,7 @@ FIGURE_SIZES = {
     "manifold": (7.0, 7.0),
     "blueprint": (10.0, 2.6),
     "posterior": (12.0, 5.4),
-    "convergence": (7.0, 4.8),
+    "convergence": (12.0, 4.8),
     "reconstructions": (10.0, 2.4),
     "samples": (10.0, 2.4),
 }
@@ -78,12 +78,13 @@ def _image_shape(model, image_shape):
     return tuple(int(s) for s in image_shape)
 
 
-def _mosaic(images, columns, pad=1):
-    """Tile images (N, H, W) into one array with ``columns`` columns and a white gap of ``pad``."""
+def _mosaic(images, columns, pad=1, gap_value=0.3):
+    """Tile images (N, H, W) into one array with ``columns`` columns and a light grey gap of
+    ``pad`` pixels (``gap_value`` on the 0..1 scale shown with a reversed grey map)."""
     images = np.asarray(images)
     count, height, width = images.shape
     rows = math.ceil(count / columns)
-    canvas = np.ones((rows * (height + pad) - pad, columns * (width + pad) - pad))
+    canvas = gap_value * np.ones((rows * (height + pad) - pad, columns * (width + pad) - pad))
     for index in range(count):
         row, column = divmod(index, columns)
         canvas[row * (height + pad):row * (height + pad) + height,
@@ -100,6 +101,19 @@ def encoder_means(guide, x, num_draws=64):
             return q.mean
         except NotImplementedError:
             return q.sample((num_draws,)).mean(0)
+
+
+def nearest_labels(z_means, labels, z, count=25):
+    """Which labels the encoder gives the ``count`` data points whose encoder means lie nearest
+    to the latent point z: {"blueprint_region_label", "blueprint_region_share"}."""
+    labels = torch.as_tensor(labels).cpu()
+    distances = (z_means - z.reshape(1, -1)).norm(dim=-1)
+    nearest = labels[distances.argsort()[:min(count, len(labels))]]
+    values, counts = nearest.unique(return_counts=True)
+    best = counts.argmax()
+    return {"blueprint_region_label": int(values[best]),
+            "blueprint_region_share": counts[best].item() / nearest.numel(),
+            "blueprint_region_count": int(nearest.numel())}
 
 
 def _project(z):
@@ -399,24 +413,34 @@ def convergence(model, guide, x, path, num_samples=(1, 10, 100, 1000, 10000),
             if progress is not None:
                 progress.update()
         curves[name] = points
-    figure, axes = _figure("convergence")
+    figure, (whole, zoom) = _figure("convergence", ncols=2)
+    finals = []
     for name, points in curves.items():
         ks = np.array([p[0] for p in points], dtype=float)
         values = np.array([p[1] for p in points])
         errors = np.nan_to_num(np.array([p[2] for p in points]), nan=0.0)
         colour = ESTIMATOR_COLOURS.get(name, "black")
         label = f"{name} ({ais_steps} annealing steps)" if name == "ais" else name
-        axes.plot(ks, values, "o-", color=colour, label=label)
-        axes.fill_between(ks, values - 2 * errors, values + 2 * errors, color=colour, alpha=0.2)
-    if reference is not None:
-        axes.axhline(reference[1], color="black", ls="--", lw=1,
-                     label=f"{reference[0]}: {reference[1]:.2f}")
-    axes.set_xscale("log")
-    axes.set_xlabel("K (samples, or chains for ais)")
-    axes.set_ylabel("log p-hat(x) (nats)")
-    axes.set_title("Estimates of log p(x) for one image, +-2 standard errors", fontsize=11)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=9)
+        for axes in (whole, zoom):
+            axes.plot(ks, values, "o-", color=colour, label=label)
+            axes.fill_between(ks, values - 2 * errors, values + 2 * errors, color=colour,
+                              alpha=0.2)
+        if len(values):
+            finals.append(values[-1])
+    centre = reference[1] if reference is not None else (max(finals) if finals else 0.0)
+    for axes, title in ((whole, "all values"), (zoom, "zoomed to +-5 nats")):
+        if reference is not None:
+            axes.axhline(reference[1], color="black", ls="--", lw=1,
+                         label=f"{reference[0]}: {reference[1]:.2f}")
+        axes.set_xscale("log")
+        axes.set_xlabel("K (samples, or chains for ais)")
+        axes.set_ylabel("log p-hat(x) (nats)")
+        axes.set_title(title, fontsize=10)
+        axes.grid(alpha=0.3)
+    zoom.set_ylim(centre - 5, centre + 5)
+    zoom.legend(fontsize=9, loc="lower right")
+    figure.suptitle("Estimates of log p(x) for one image against K, +-2 standard errors",
+                    fontsize=11)
     figure.tight_layout()
     _save(figure, path)
     return curves

@@ -140,6 +140,8 @@ def main(args):
     target = os.path.join
     result = figures.latent_map(model, guide, x_map, labels, target(out, "latent_map.png"))
     facts["latent_map_method"] = result["method"]
+    facts.update(figures.nearest_labels(figures.encoder_means(guide, x_map).cpu(), labels,
+                                        torch.tensor(z, dtype=torch.float32)))
     step("latent map")
     figures.manifold(model, target(out, "manifold.png"), directions=args.directions,
                      image_shape=image_shape)

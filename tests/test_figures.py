@@ -238,3 +238,13 @@ def test_tutorial_builds_from_a_run_and_quotes_its_numbers(tmp_path):
     assert f"{summary['test_elbo']:.2f}" in text
     assert "python scripts/tutorial.py --dataset mnist-subset --num-epochs 1" in text
     check_self_contained_html((run_dir / "report.html").read_text())
+
+
+def test_nearest_labels_names_the_region_a_latent_point_sits_in():
+    means = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [5.0, 5.0], [5.1, 5.0]])
+    labels = torch.tensor([3, 3, 7, 1, 1])
+    facts = figures.nearest_labels(means, labels, torch.tensor([0.05, 0.0]), count=3)
+    assert facts == {"blueprint_region_label": 3, "blueprint_region_share": 2 / 3,
+                     "blueprint_region_count": 3}
+    assert figures.nearest_labels(means, labels, torch.tensor([5.0, 5.0]),
+                                  count=2)["blueprint_region_label"] == 1
