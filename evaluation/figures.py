@@ -446,23 +446,29 @@ def convergence(model, guide, x, path, num_samples=(1, 10, 100, 1000, 10000),
     return curves
 
 
+def _two_rows(name, top, bottom, row_names, title, image_shape, path):
+    """A figure of two rows of images (each (count, x_dim)) labelled ``row_names``."""
+    count = top.shape[0]
+    rows = torch.cat([top.cpu(), bottom.cpu()]).reshape(2 * count, *image_shape)
+    figure, axes = _figure(name)
+    axes.imshow(_mosaic(rows.numpy(), count), cmap="gray_r", vmin=0, vmax=1,
+                interpolation="nearest")
+    axes.set_xticks([])
+    height = image_shape[0]
+    axes.set_yticks([height / 2, height * 1.5 + 1], list(row_names))
+    axes.set_title(title, fontsize=11)
+    figure.tight_layout()
+    _save(figure, path)
+
+
 @torch.no_grad()
 def reconstructions(model, guide, x, path, image_shape=None):
     """Data points (top) and the decoded encoder means f(E_q[z | x]) (bottom)."""
     image_shape = _image_shape(model, image_shape)
     decoded = model.decode(encoder_means(guide, x))
-    count = x.shape[0]
-    rows = torch.cat([x.cpu(), decoded.cpu()]).reshape(2 * count, *image_shape)
-    figure, axes = _figure("reconstructions")
-    axes.imshow(_mosaic(rows.numpy(), count), cmap="gray_r", vmin=0, vmax=1,
-                interpolation="nearest")
-    axes.set_xticks([])
-    height = image_shape[0]
-    axes.set_yticks([height / 2, height * 1.5 + 1], ["x", "f(E_q[z | x])"])
-    axes.set_title("Test images and their reconstructions through the encoder and decoder",
-                   fontsize=11)
-    figure.tight_layout()
-    _save(figure, path)
+    _two_rows("reconstructions", x, decoded, ("x", "f(E_q[z | x])"),
+              "Test images and their reconstructions through the encoder and decoder",
+              image_shape, path)
     return {"reconstructions": decoded.cpu()}
 
 
@@ -473,15 +479,7 @@ def samples(model, path, count=10, image_shape=None):
     trace = poutine.trace(model).get_trace(batch_size=count)
     z, x = trace.nodes["z"]["value"], trace.nodes["x"]["value"]
     means = model.decode(z)
-    rows = torch.cat([means.cpu(), x.cpu()]).reshape(2 * count, *image_shape)
-    figure, axes = _figure("samples")
-    axes.imshow(_mosaic(rows.numpy(), count), cmap="gray_r", vmin=0, vmax=1,
-                interpolation="nearest")
-    axes.set_xticks([])
-    height = image_shape[0]
-    axes.set_yticks([height / 2, height * 1.5 + 1], ["f(z)", "x ~ p(x | z)"])
-    axes.set_title("New data from the model's own story: z ~ p(z), then x ~ p(x | z)",
-                   fontsize=11)
-    figure.tight_layout()
-    _save(figure, path)
+    _two_rows("samples", means, x, ("f(z)", "x ~ p(x | z)"),
+              "New data from the model's own story: z ~ p(z), then x ~ p(x | z)",
+              image_shape, path)
     return {"z": z.cpu(), "x": x.cpu(), "means": means.cpu()}

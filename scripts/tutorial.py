@@ -107,7 +107,9 @@ def tutorial_text(facts, summary, estimators, commands, figure_dir):
         f"Take z = [{facts['blueprint_z']}]. The decoder turns it into pixel probabilities f(z) "
         "(left); the story then draws each pixel independently, so the same z yields a "
         "different binary image every time (right). z fixes *what* is drawn; p(x | z) adds the "
-        "noise of the pen.",
+        "noise of the pen. The draws look rougher than real digits because this likelihood "
+        "draws every pixel independently given z: all the structure shared between pixels "
+        "has to come from z, and two numbers cannot carry much of it.",
         "",
         "## 3. For one x, only a tiny region of z matters",
         "",
