@@ -85,6 +85,15 @@ def max_normalized_weight(log_weights):
     return (log_weights.max(0).values - torch.logsumexp(log_weights, 0)).exp()
 
 
+def import_arviz():
+    """arviz, imported on first use (it is slow to import) without its notice about the 1.x
+    refactor, which says nothing about this project's results."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+        import arviz
+    return arviz
+
+
 def pareto_khat(log_weights):
     """Pareto k-hat of the weights of each data point, shape (N,), by PSIS through arviz.
 
@@ -95,8 +104,7 @@ def pareto_khat(log_weights):
     log_weights = _check(log_weights)
     if log_weights.shape[0] < 20:
         return torch.full(log_weights.shape[1:], math.nan, dtype=torch.float64)
-    import arviz
-
+    arviz = import_arviz()
     array = log_weights.T.cpu().numpy()
     with warnings.catch_warnings():
         # arviz warns once per call when some k-hat is large; we report k-hat ourselves.

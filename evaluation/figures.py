@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from evaluation.diagnostics import effective_sample_size
+from evaluation.diagnostics import effective_sample_size, import_arviz
 from evaluation.estimators import estimate
 from evaluation.log_density import LatentLogDensity
 from inference.io import atomic_savefig
@@ -347,8 +347,7 @@ def posterior(model, guide, x, path, num_prior_samples=1000, grid_points=160,
                           label="z ~ p(z), size = weight")]
         zoom.legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.9)
     else:
-        import arviz
-
+        arviz = import_arviz()
         figure, (wide, marginal) = _figure("posterior", ncols=2)
         proposals = q.sample((num_proposals,))                              # (K, 1, D)
         log_prior, log_likelihood = density(proposals)
