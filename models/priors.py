@@ -18,6 +18,53 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 
 
+class DiagonalNormalMixture(dist.MixtureSameFamily):
+    """p(z) = sum_k pi_k N(z | m_k, diag s_k^2): a mixture of K diagonal Gaussians with
+    ``logits`` (K,), ``locs`` and ``scales`` (K, D), and an exact ``log_prob`` computed as
+    matrix products.
+
+    ``torch.distributions.MixtureSameFamily`` scores M points by broadcasting an (M, K, D) tensor,
+    which for the VampPrior (K = 500) and evaluation chunks of thousands of (particle, data point)
+    pairs is hundreds of megabytes per chunk. Expanding the square,
+    sum_d (z_d - m_kd)^2 / s_kd^2 = z^2 . s_k^-2 - 2 z . (m_k s_k^-2) + m_k^2 . s_k^-2,
+    is two (M, D) x (D, K) products instead. The expansion cancels large terms when z is near a
+    narrow, far-out component, so it is computed in float64 and the result returned in the
+    value's dtype. Sampling is the parent's.
+    """
+
+    def __init__(self, logits, locs, scales, validate_args=None):
+        if locs.dim() != 2 or scales.shape != locs.shape or logits.shape != locs.shape[:1]:
+            raise ValueError("DiagonalNormalMixture takes logits (K,), locs and scales (K, D); "
+                             f"got {tuple(logits.shape)}, {tuple(locs.shape)}, "
+                             f"{tuple(scales.shape)}")
+        super().__init__(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1),
+                         validate_args=validate_args)
+        self._parameters = (logits, locs, scales)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiagonalNormalMixture, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        # Expanding only repeats the mixture, so every batch element keeps these parameters.
+        new._parameters = self._parameters
+        return new
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, locs, scales = (t.double() for t in self._parameters)
+        z_dim = locs.shape[-1]
+        z = value.double().reshape(-1, z_dim)
+        precisions = scales.pow(-2)
+        scaled_locs = locs * precisions
+        squared_distances = ((z * z) @ precisions.T - 2 * z @ scaled_locs.T
+                             + (locs * scaled_locs).sum(-1)).clamp_min(0.0)
+        log_normalizers = -scales.log().sum(-1) - 0.5 * z_dim * math.log(2 * math.pi)
+        log_components = -0.5 * squared_distances + log_normalizers + logits.log_softmax(-1)
+        log_density = torch.logsumexp(log_components, -1).to(value.dtype)
+        shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
+        return log_density.reshape(value.shape[:-1]).expand(shape)
+
+
 class Prior(nn.Module):
     """Base class: subclasses implement ``forward() -> Distribution`` with event shape (z_dim,).
 
@@ -85,8 +132,7 @@ class MixtureOfGaussiansPrior(Prior):
         return F.softplus(self.raw_scales + _SOFTPLUS_OF_ONE) + 1e-4
 
     def forward(self):
-        components = dist.Normal(self.locs, self.scales()).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagonalNormalMixture(self.logits, self.locs, self.scales())
 
 
 class VampPrior(Prior):
@@ -124,6 +170,10 @@ class VampPrior(Prior):
         u = F.hardtanh(self.pseudo_inputs, 0.0, 1.0)
         components = self._guide[0].encoder_distribution(u)
         logits = torch.zeros(self.num_components, device=u.device)
+        if isinstance(components, dist.Independent) and isinstance(components.base_dist,
+                                                                   dist.Normal):
+            return DiagonalNormalMixture(logits, components.base_dist.loc,
+                                         components.base_dist.scale)
         return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
 
 

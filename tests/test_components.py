@@ -26,7 +26,7 @@ from models import ConfigError, build_model
 from models.likelihoods import (ContinuousBernoulliLikelihood, LearnedGaussianLikelihood)
 from models.linear_gaussian import log_marginal, posterior
 from models.networks import ConvDecoder, ConvEncoder
-from models.priors import FlowPrior, MixtureOfGaussiansPrior, VampPrior
+from models.priors import DiagonalNormalMixture, FlowPrior, MixtureOfGaussiansPrior, VampPrior
 from test_estimators import linear_gaussian
 
 PRIORS = ("standard", "mog", "vamp", "flow")
@@ -57,6 +57,41 @@ def test_mog_log_prob_matches_the_mixture_formula():
     expected = torch.logsumexp(by_component, 0)
     assert torch.allclose(prior().log_prob(z), expected, atol=1e-5)
     assert prior().sample((6,)).shape == (6, 3)
+
+
+def float64_mixture(logits, locs, scales):
+    return dist.MixtureSameFamily(dist.Categorical(logits=logits.double()),
+                                  dist.Normal(locs.double(), scales.double()).to_event(1))
+
+
+def test_diagonal_mixture_log_prob_by_matrix_products_matches_broadcasting_in_float64():
+    logits, locs, scales = torch.randn(30), 2 * torch.randn(30, 8), 0.05 + torch.rand(30, 8)
+    # A narrow component far from the origin, scored at points right next to it: the case where
+    # the expanded square cancels large terms.
+    locs[0], scales[0] = 8.0, 1e-3
+    z = torch.cat([2 * torch.randn(40, 8), locs[0] + 1e-3 * torch.randn(5, 8)]).reshape(9, 5, 8)
+    mixture = DiagonalNormalMixture(logits, locs, scales)
+    expected = float64_mixture(logits, locs, scales).log_prob(z.double())
+    assert mixture.log_prob(z).dtype == torch.float32
+    assert torch.allclose(mixture.log_prob(z).double(), expected, rtol=1e-6, atol=1e-4)
+    assert expected.max() > 30  # the narrow component was scored where it is high
+
+
+def test_diagonal_mixture_expands_like_a_pyro_distribution_and_keeps_gradients():
+    locs = torch.randn(4, 3, requires_grad=True)
+    mixture = DiagonalNormalMixture(torch.zeros(4), locs, torch.ones(4, 3))
+    expanded = mixture.expand([2, 5])
+    z = torch.randn(7, 1, 5, 3)
+    assert isinstance(expanded, DiagonalNormalMixture) and expanded.batch_shape == (2, 5)
+    assert expanded.log_prob(z).shape == (7, 2, 5)
+    assert expanded.sample().shape == (2, 5, 3)
+    mixture.log_prob(z).sum().backward()
+    reference = torch.randn(4, 3).copy_(locs.detach()).requires_grad_()
+    float64_mixture(torch.zeros(4), reference, torch.ones(4, 3)).log_prob(z.double()).sum() \
+        .backward()
+    assert torch.allclose(locs.grad.double(), reference.grad.double(), atol=1e-4)
+    with pytest.raises(ValueError, match=r"logits \(K,\), locs and scales \(K, D\)"):
+        DiagonalNormalMixture(torch.zeros(3), torch.zeros(4, 2), torch.ones(4, 2))
 
 
 def test_mog_components_start_as_unit_gaussians():

@@ -120,3 +120,14 @@ def test_scripts_explain_their_flags(script):
     result = run_script(script, "--help")
     assert result.returncode == 0
     assert "--data-dir" in result.stdout
+
+
+def test_mixture_benchmark_reports_both_implementations_and_their_ratio():
+    result = run_script("benchmark_mixture.py", "--num-components", "7", "--z-dim", "3",
+                        "--num-points", "50", "--repeats", "2", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "matrix products" in result.stdout and "broadcasting" in result.stdout
+    errors = [float(line.split()[-1]) for line in result.stdout.splitlines() if "error" in line]
+    assert len(errors) == 2 and max(errors) < 1e-4
+    assert "broadcasting / matrix products:" in result.stdout
+    assert_one_line_error(run_script("benchmark_mixture.py", "--repeats", "0"), "must be positive")
