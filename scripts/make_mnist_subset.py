@@ -5,7 +5,7 @@ The subset lets the tests and the quick-start demo run with no data folder. It h
 original test file, as uint8 grey levels with their labels, plus a provenance note with the md5 of
 every source file. Run it from the project root::
 
-    python scripts/make_mnist_subset.py --data-dir ../shared/data
+    python scripts/make_mnist_subset.py --data-dir data
 """
 
 import argparse
