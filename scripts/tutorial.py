@@ -68,6 +68,10 @@ def tutorial_text(facts, summary, estimators, commands, figure_dir):
         *commands,
         "```",
         "",
+        "*On another machine, with another number of CPU threads or on a GPU, training follows a "
+        "slightly different path, so the rebuilt page quotes somewhat different numbers; what "
+        "they show stays the same.*",
+        "",
         "A VAE tells a story for each image x: draw a latent blueprint z ~ p(z) = N(0, I), "
         "decode it to pixel probabilities mu = f(z), then draw each pixel x_d ~ Bernoulli(mu_d). "
         f"This run uses a **2-dimensional z**, so z-space can be drawn on paper. It trained for "
