@@ -77,6 +77,5 @@ def page(title, sections):
 
 
 def config_html(config):
-    rows = [{"key": key, "value": value if not isinstance(value, float) else value}
-            for key, value in sorted(config.items())]
+    rows = [{"key": key, "value": value} for key, value in sorted(config.items())]
     return table_html(rows, [("key", "setting"), ("value", "value")])

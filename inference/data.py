@@ -254,7 +254,7 @@ def synthetic_story(z_dim=2, x_dim=50, likelihood="bernoulli", sigma=0.1, seed=0
             model.prior.locs[:, 0] = 2.5 * angles.cos()
             if z_dim > 1:
                 model.prior.locs[:, 1] = 2.5 * angles.sin()
-            # softplus(raw + log(e - 1)) = 0.15
+            # the prior's scale is softplus(raw + log(e - 1)) + 1e-4, so 0.15 (plus that floor)
             model.prior.raw_scales.fill_(math.log(math.exp(0.15) - 1.0) - math.log(math.e - 1.0))
     generator = torch.Generator().manual_seed(seed)
     first, last = model.decoder[0], model.decoder[-1]

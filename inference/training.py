@@ -84,7 +84,8 @@ def write_metrics(out_dir, metrics):
     writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in metrics:
-        writer.writerow({key: row.get(key, 1.0) for key in METRIC_FIELDS})
+        # Runs begun before KL warm-up existed kept no kl_weight in their history: it was 1.
+        writer.writerow({"kl_weight": 1.0, **row})
     atomic_write_text(os.path.join(out_dir, "metrics.csv"), buffer.getvalue())
 
 

@@ -39,19 +39,19 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
                              f"{tuple(scales.shape)}")
         super().__init__(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1),
                          validate_args=validate_args)
-        self._parameters = (logits, locs, scales)
+        self._mixture_parameters = (logits, locs, scales)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(DiagonalNormalMixture, _instance)
         new = super().expand(batch_shape, _instance=new)
         # Expanding only repeats the mixture, so every batch element keeps these parameters.
-        new._parameters = self._parameters
+        new._mixture_parameters = self._mixture_parameters
         return new
 
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        logits, locs, scales = (t.double() for t in self._parameters)
+        logits, locs, scales = (t.double() for t in self._mixture_parameters)
         z_dim = locs.shape[-1]
         z = value.double().reshape(-1, z_dim)
         precisions = scales.pow(-2)

@@ -154,20 +154,15 @@ def plot_paired(paired_results, out_dir):
 
 def write_report(args, labels, rows, paired_rows):
     """report.html: the tables and plots of this comparison in one self-contained file."""
-    from evaluation.html_report import figure_html, page, table_html
+    from evaluation.html_report import (ESTIMATE_COLUMNS, estimate_rows, figure_html, page,
+                                        table_html)
 
     runs = [{"run": label, "path": path} for label, path in zip(labels, args.runs)]
-    summary_columns = [("run", "run"), ("estimator", "estimator"), ("num_samples", "K"),
-                       ("num_data", "points"), ("log_px_mean", "log p(x), mean"),
-                       ("log_px_stderr", "Monte Carlo s.e."), ("log_px_data_stderr",
-                                                               "s.e. over data"),
-                       ("ess_mean", "ESS (mean)"), ("khat_frac_above_0_7", "share k-hat > 0.7"),
-                       ("seconds", "seconds")]
     paired_columns = [("run", "run"), ("baseline", "baseline"), ("estimator", "estimator"),
                       ("num_samples", "K"), ("mean_difference", "mean difference"),
                       ("paired_stderr", "paired s.e."), ("unpaired_stderr", "unpaired s.e.")]
     sections = [("Runs", table_html(runs, [("run", "run"), ("path", "path")])),
-                ("Estimates", table_html(rows, summary_columns)
+                ("Estimates", table_html(estimate_rows(rows), [("run", "run")] + ESTIMATE_COLUMNS)
                  + figure_html(os.path.join(args.out, "convergence.png"),
                                "Mean log p-hat against K, +-2 standard errors."))]
     if paired_rows:

@@ -13,7 +13,7 @@ from inference.build import build
 from inference.checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, restore,
                                   save_checkpoint)
 from inference.data import load_dataset
-from inference.training import fit, mean_elbo, resolve_device
+from inference.training import fit, mean_elbo, resolve_device, write_metrics
 
 RUN_FILES = {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "elbo.png", "summary.json"}
 
@@ -52,6 +52,17 @@ def test_training_on_synthetic_data_improves_the_elbo(tmp_path):
     assert float(rows[-1]["validation_elbo"]) > float(rows[0]["validation_elbo"])
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["z_dim"] == 2
+
+
+def test_metrics_of_a_history_from_before_kl_warmup_record_a_weight_of_one(tmp_path):
+    legacy = {"epoch": 1, "train_elbo": -120.5, "validation_elbo": -118.25, "seconds": 3.0}
+    current = {"epoch": 2, "train_elbo": -110.0, "validation_elbo": -109.0, "kl_weight": 0.5,
+               "seconds": 2.0}
+    write_metrics(str(tmp_path), [legacy, current])
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["kl_weight"]) for r in rows] == [1.0, 0.5]
+    assert float(rows[0]["validation_elbo"]) == -118.25
 
 
 def test_checkpoint_round_trip_rebuilds_model_and_guide_from_config(tmp_path):
