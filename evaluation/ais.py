@@ -27,7 +27,7 @@ from pyro import poutine
 
 from evaluation.diagnostics import log_mean_exp
 from evaluation.log_density import LatentLogDensity
-from evaluation.log_weights import check_num_samples, default_max_batch_elements
+from inference.log_weights import check_num_samples, default_max_batch_elements
 
 
 def sigmoid_schedule(num_steps, sharpness=4.0):
@@ -50,6 +50,8 @@ def geometric_schedule(num_steps, smallest=1e-4):
 
 SCHEDULES = {"sigmoid": sigmoid_schedule, "linear": linear_schedule,
              "geometric": geometric_schedule}
+#: the defaults of AIS, shared by the ``ais`` estimator, :func:`ais_log_weights` and :func:`bdmc`
+STEPS, LEAPFROG, STEP_SIZE, TARGET_ACCEPT, SCHEDULE = 500, 10, 0.05, 0.65, "sigmoid"
 
 
 class _Start:
@@ -90,8 +92,8 @@ class _Start:
         return log_start.detach(), log_ratio.detach(), grad_start, grad_ratio
 
 
-def anneal(start, z, betas, num_leapfrog=10, step_size=0.05, target_accept=0.65,
-           adapt_step_size=True):
+def anneal(start, z, betas, num_leapfrog=LEAPFROG, step_size=STEP_SIZE,
+           target_accept=TARGET_ACCEPT, adapt_step_size=True):
     """Run the AIS recursion from states ``z`` (C, N, D) along ``betas``; return
     (log_weights (C, N), final z, mean acceptance rate per data point (N,), final step sizes (N,)).
     ``betas`` may run backwards (from 1 to 0) for reverse AIS."""
@@ -138,9 +140,9 @@ def anneal(start, z, betas, num_leapfrog=10, step_size=0.05, target_accept=0.65,
     return log_weights, z, acceptance / max(1, len(betas) - 1), step.squeeze(-1)
 
 
-def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=500, num_leapfrog=10,
-                    step_size=0.05, target_accept=0.65, schedule="sigmoid", start="prior",
-                    max_batch_elements=None):
+def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=STEPS, num_leapfrog=LEAPFROG,
+                    step_size=STEP_SIZE, target_accept=TARGET_ACCEPT, schedule=SCHEDULE,
+                    start="prior", max_batch_elements=None):
     """AIS log weights (C, N): log-mean-exp over the C chains estimates log p(x_n) from below.
 
     :returns: (log_weights, info) where ``info`` holds per-data-point ``acceptance`` rates and
@@ -171,8 +173,8 @@ def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=500, num_leapfr
     return torch.cat(weights, 1), info
 
 
-def bdmc(model, num_data, num_chains=4, *, num_steps=500, num_leapfrog=10, step_size=0.05,
-         target_accept=0.65, schedule="sigmoid"):
+def bdmc(model, num_data, num_chains=4, *, num_steps=STEPS, num_leapfrog=LEAPFROG,
+         step_size=STEP_SIZE, target_accept=TARGET_ACCEPT, schedule=SCHEDULE):
     """Bidirectional Monte Carlo (Grosse et al. 2015) on ``num_data`` points simulated from the
     model itself: (z*, x) ~ p(z) p(x | z), so z* is an exact posterior sample for x.
 

@@ -1,9 +1,10 @@
 """Estimators of log p(x) per data point, as free functions of (model, guide, data).
 
 Every estimator has the signature ``fn(model, guide, x, num_samples, **options)`` and returns an
-:class:`Estimate` with one value and one standard error per data point. ``ESTIMATORS`` maps the
-command-line names to them; :func:`estimate` looks a name up, passes each estimator only the
-options it takes, and times it.
+:class:`Estimate` with one value and one standard error per data point; its options are its
+keyword parameters, with their defaults. ``ESTIMATORS`` maps the command-line names to them
+(``ESTIMATORS.register(name, fn)`` adds one of your own); :func:`estimate` looks a name up,
+refuses options the estimator does not take, and times it.
 
 ========== =========================================================== ==========================
 name       log p-hat(x_n)                                              assumes / costs
@@ -18,19 +19,19 @@ quadrature grid integration of p(x | z) p(z)                            z_dim <=
 ========== =========================================================== ==========================
 """
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from evaluation.ais import ais_log_weights
+from evaluation import ais as annealing
 from evaluation.diagnostics import (KHAT_THRESHOLD, fraction_flagged, mean_stderr,
                                     summarize_weights)
-from evaluation.log_weights import check_num_samples, log_importance_weights
 from evaluation.quadrature import quadrature_log_marginal
-from models.registry import lookup
+from inference.log_weights import check_num_samples, log_importance_weights
+from models.base.config import ConfigError, did_you_mean
+from models.base.registry import Registry
 
 
 @dataclass
@@ -137,12 +138,13 @@ def mixture(model, guide, x, num_samples, *, mixture_weight=0.5, max_batch_eleme
                          info={"mixture_weight": mixture_weight})
 
 
-def ais(model, guide, x, num_samples, *, ais_steps=500, ais_leapfrog=10, ais_step_size=0.05,
-        ais_target_accept=0.65, ais_schedule="sigmoid", ais_start="prior",
-        max_batch_elements=None):
+def ais(model, guide, x, num_samples, *, ais_steps=annealing.STEPS,
+        ais_leapfrog=annealing.LEAPFROG, ais_step_size=annealing.STEP_SIZE,
+        ais_target_accept=annealing.TARGET_ACCEPT, ais_schedule=annealing.SCHEDULE,
+        ais_start="prior", max_batch_elements=None):
     """Annealed importance sampling with ``num_samples`` chains per data point
     (see :mod:`evaluation.ais`)."""
-    log_weights, info = ais_log_weights(
+    log_weights, info = annealing.ais_log_weights(
         model, guide, x, num_samples, num_steps=ais_steps, num_leapfrog=ais_leapfrog,
         step_size=ais_step_size, target_accept=ais_target_accept, schedule=ais_schedule,
         start=ais_start, max_batch_elements=max_batch_elements)
@@ -173,7 +175,25 @@ def quadrature(model, guide, x, num_samples=None, *, quadrature_tolerance=1e-4,
                     _nan(num_data), 0, info={"grid_points_per_dim": points.double().cpu()})
 
 
-ESTIMATORS = {
+class EstimatorRegistry(Registry):
+    """The estimators by name. Members are functions ``fn(model, guide, x, num_samples,
+    **options) -> Estimate``; ``deterministic`` ones ignore K."""
+
+    def __init__(self, entries, deterministic=()):
+        super().__init__("estimator", entries, context=("model", "guide", "x", "num_samples"))
+        self.deterministic = set(deterministic)
+
+    def register(self, name, function, deterministic=False):
+        """Add an estimator of your own under ``name``."""
+        self._entries[name] = function
+        if deterministic:
+            self.deterministic.add(name)
+
+    def uses_samples(self, name):
+        return name not in self.deterministic
+
+
+ESTIMATORS = EstimatorRegistry({
     "elbo": elbo,
     "importance": importance,
     "prior": prior,
@@ -181,23 +201,52 @@ ESTIMATORS = {
     "ais": ais,
     "exact": exact,
     "quadrature": quadrature,
-}
-#: estimators whose result does not depend on K
-DETERMINISTIC = ("exact", "quadrature")
+}, deterministic=("exact", "quadrature"))
+
+
+def options_for(name, options):
+    """The subset of ``options`` that the estimator called ``name`` takes."""
+    accepted = ESTIMATORS.options(name)
+    return {key: value for key, value in options.items() if key in accepted}
 
 
 def estimate(name, model, guide, x, num_samples, **options):
-    """Run the estimator called ``name`` and time it. Options it does not take are ignored, so
-    one set of command-line options serves every estimator."""
-    fn = lookup(ESTIMATORS, name, "estimator")
-    if name not in DETERMINISTIC:
+    """Run the estimator called ``name`` with ``options`` and time it. An option it does not
+    take is an error (pick the relevant ones with :func:`options_for`)."""
+    function = ESTIMATORS.get(name)
+    accepted = ESTIMATORS.options(name)
+    for key in options:
+        if key not in accepted:
+            raise ConfigError(f"the {name} estimator has no option {key!r}"
+                              f"{did_you_mean(key, accepted)}; its options: "
+                              f"{', '.join(sorted(accepted)) or 'none'}")
+    if ESTIMATORS.uses_samples(name):
         num_samples = check_num_samples(num_samples)
-    accepted = inspect.signature(fn).parameters
-    kwargs = {key: value for key, value in options.items() if key in accepted}
     start = time.perf_counter()
     with torch.no_grad():
-        result = fn(model, guide, x, num_samples, **kwargs)
+        result = function(model, guide, x, num_samples, **options)
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def convergence_curves(model, guide, x, num_samples, estimators, options=None, max_chains=None,
+                       progress=None):
+    """Estimates of log p(x) against K: {estimator: [(K, mean estimate, its Monte Carlo s.e.)]}
+    over the data points x, each estimator given the ``options`` it takes. ``max_chains`` caps K
+    for ``ais``, where K counts chains."""
+    options = options or {}
+    curves = {}
+    for name in estimators:
+        points = []
+        for k in num_samples:
+            if name == "ais" and max_chains is not None and k > max_chains:
+                continue
+            result = estimate(name, model, guide, x, int(k), **options_for(name, options))
+            summary = result.summary()
+            points.append((int(k), summary["log_px_mean"], summary["log_px_stderr"]))
+            if progress is not None:
+                progress()
+        curves[name] = points
+    return curves

@@ -4,14 +4,14 @@ quadrature: z -> (log p(z), log p(x | z)) for every data point at once.
 For a :class:`models.VAE` the story's own parts are called directly (prior, decoder, likelihood),
 which is what the Pyro model computes, without tracing overhead on each of the thousands of
 evaluations an annealing run makes. Any other Pyro model with a single latent site ``"z"`` in the
-data plate goes through :func:`evaluation.log_weights.log_joint`; the two paths agree (tested).
+data plate goes through :func:`inference.log_weights.log_joint`; the two paths agree (tested).
 """
 
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from evaluation.log_weights import _Scorer, log_joint
+from inference.log_weights import _Scorer, log_joint
 from models.vae import VAE
 
 

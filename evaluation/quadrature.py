@@ -17,7 +17,7 @@ import math
 import torch
 
 from evaluation.log_density import LatentLogDensity
-from evaluation.log_weights import default_max_batch_elements
+from inference.log_weights import default_max_batch_elements
 
 MAX_LATENT_DIM = 2
 

@@ -1,1 +1,2 @@
-"""Inference: guides (amortized encoders), data, SVI training and checkpoints."""
+"""Inference: guides (amortized encoders), objectives, per-data-point log weights, data, the SVI
+training driver, checkpoints and the opening of trained runs."""

@@ -1,19 +1,26 @@
 """Checkpoints: everything needed to rebuild a run and to continue it bit for bit.
 
-A checkpoint is a dict saved with ``torch.save`` (written atomically) holding the run's config (a
-plain dict), the model and guide state dicts, the Pyro optimizer state, the finished epoch, the
-metrics so far, the best validation ELBO and the random number generator states. The model and
-guide are rebuilt from the config alone, then their states are loaded.
+A checkpoint is a dict saved with ``torch.save`` (written atomically) holding the run's
+configuration (``RunConfig.to_dict()``: plain data), the model and guide state dicts, the
+optimizer state, the finished epoch, the metrics so far, the best validation ELBO and the random
+number generator states. The model and guide are rebuilt from the configuration alone, then
+their states are loaded.
+
+Format version 2 stores the nested configuration; version 1 stored a flat dict, which is
+converted when read (:func:`models.base.config.from_flat`), so runs of either version load.
 """
 
 import os
 
 import torch
 
-from inference.io import atomic_torch_save
+from inference.build import build, resolve
+from models.base.config import ConfigError
+from models.base.io import atomic_torch_save
 
 FORMAT = "pyro-vae-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 LAST, BEST = "checkpoint.pt", "best.pt"
 
 
@@ -36,10 +43,11 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, *, config, model, guide, optimizer, epoch, metrics, best, rng=None):
+    """Write a checkpoint of ``config`` (a RunConfig) and the states atomically."""
     atomic_torch_save(path, {
         "format": FORMAT,
         "version": VERSION,
-        "config": config,
+        "config": config.to_dict(),
         "epoch": epoch,
         "model": model.state_dict(),
         "guide": guide.state_dict(),
@@ -76,9 +84,16 @@ def load_checkpoint(path, map_location="cpu", prefer=BEST):
             f"{type(error).__name__}: {error}); use another checkpoint or retrain") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no {FORMAT!r} tag)")
-    if checkpoint.get("version") != VERSION:
+    if checkpoint.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path} has checkpoint version {checkpoint.get('version')}; "
-                              f"this version of the project reads version {VERSION}")
+                              f"this version of the project reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    try:
+        # Version 1 stored a flat dict; from_dict converts it. Either way the result is checked.
+        checkpoint["config"] = resolve(checkpoint.get("config"))
+    except ConfigError as error:
+        raise CheckpointError(f"{path} holds a configuration this project cannot use: "
+                              f"{error}") from error
     checkpoint["path"] = path
     return checkpoint
 
@@ -95,12 +110,11 @@ def load_state(module, state, what, path):
 
 
 def restore(checkpoint, device="cpu"):
-    """Rebuild the model and guide a checkpoint describes and load their states.
+    """Rebuild the model and guide a loaded checkpoint describes and load their states.
 
-    :returns: (model, guide, config), on ``device`` and in evaluation mode.
+    :returns: (model, guide, config), on ``device`` and in evaluation mode; ``config`` is the
+        run's :class:`models.base.config.RunConfig`.
     """
-    from inference.build import build
-
     config = checkpoint["config"]
     model, guide = build(config)
     load_state(model, checkpoint["model"], "model", checkpoint.get("path"))

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from pyro import poutine
 
+from models.base.config import ConfigError, DataConfig, RunConfig
+
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -160,6 +162,20 @@ class Dataset:
             raise DataError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
         return getattr(self, name).fixed(FIXED_BINARIZATION_SEEDS[name])
 
+    def select(self, split, num_data=None):
+        """The first ``num_data`` points of a split (all by default), binarized as for scoring:
+        returns (x, labels)."""
+        part = self.split(split)
+        x, labels = part.data(), part.labels
+        if num_data is not None:
+            if isinstance(num_data, bool) or int(num_data) != num_data or num_data < 1:
+                raise DataError(f"--num-data must be a whole number of at least 1, got "
+                                f"{num_data}")
+            x, labels = x[:int(num_data)], labels[:int(num_data)]
+        if x.shape[0] == 0:
+            raise DataError(f"the {split} split is empty")
+        return x, labels
+
     def to(self, device):
         return Dataset(self.name, self.train.to(device), self.validation.to(device),
                        self.test.to(device), self.x_dim, self.image_shape, self.binarize,
@@ -202,25 +218,58 @@ def _mnist_dataset(name, images, labels, binarize, num_validation):
     return Dataset(name, x_dim=784, image_shape=(28, 28), binarize=binarize, **splits)
 
 
-def load_dataset(config, device="cpu"):
-    """Load the data set a run configuration describes and move it to ``device``.
+def _run_config(config):
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, DataConfig):
+        return RunConfig(data=config)
+    return RunConfig.from_dict(config)
 
-    Keys used: ``dataset``, ``binarize``, ``data_dir``, ``download``, ``num_validation``, and for
-    ``synthetic`` the ``synthetic_*`` keys. The result is a deterministic function of the config.
-    """
-    name = config.get("dataset", "mnist")
+
+def resolve_binarize(config):
+    """The binarization a run uses: the one it names, else the first its likelihood can
+    explain (``none`` for synthetic data, which are drawn from their own story); a
+    binarization the likelihood cannot explain is refused."""
+    from models.likelihoods import LIKELIHOODS
+
+    config = _run_config(config)
+    binarize = config.data.binarize
+    likelihood = config.model.likelihood.name
+    if config.data.dataset == "synthetic":
+        if binarize not in (None, "none"):
+            raise ConfigError("--binarize does not apply to --dataset synthetic; drop it")
+        return "none"
+    if binarize is not None and binarize not in BINARIZATIONS:
+        raise DataError(f"unknown binarization {binarize!r}; valid: {', '.join(BINARIZATIONS)}")
+    accepted = getattr(LIKELIHOODS.get(likelihood), "binarize", BINARIZATIONS)
+    if binarize is None:
+        return accepted[0]
+    if binarize not in accepted:
+        raise ConfigError(f"the {likelihood} likelihood needs --binarize "
+                          f"{' or '.join(accepted)}, got --binarize {binarize}")
+    return binarize
+
+
+def load_dataset(config, device="cpu"):
+    """Load the data set a run configuration describes (a RunConfig, a DataConfig or a dict)
+    and move it to ``device``. The result is a deterministic function of the configuration.
+    Synthetic data take their likelihood (and its ``sigma``) from the model configuration."""
+    config = _run_config(config)
+    data = config.data
+    name = data.dataset
     if name == "mnist":
-        data_dir = config.get("data_dir") or default_data_dir()
+        data_dir = data.data_dir or default_data_dir()
         train_images, train_labels, test_images, test_labels = read_mnist(
-            data_dir, download=config.get("download", False))
+            data_dir, download=data.download)
     elif name == "mnist-subset":
         train_images, train_labels, test_images, test_labels = read_mnist_subset()
     elif name == "synthetic":
         return make_synthetic(config).to(device)
     else:
         raise DataError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    binarize = data.binarize if data.binarize is not None else resolve_binarize(config)
     dataset = _mnist_dataset(name, (train_images, test_images), (train_labels, test_labels),
-                             config.get("binarize", "dynamic"), config.get("num_validation"))
+                             binarize, data.num_validation)
     return dataset.to(device)
 
 
@@ -242,9 +291,13 @@ def synthetic_story(z_dim=2, x_dim=50, likelihood="bernoulli", sigma=0.1, seed=0
 
     if prior not in SYNTHETIC_PRIORS:
         raise DataError(f"unknown synthetic prior {prior!r}; valid: {', '.join(SYNTHETIC_PRIORS)}")
-    config = {"z_dim": z_dim, "x_dim": x_dim, "hidden_dims": [hidden_dim], "activation": "tanh",
-              "likelihood": likelihood, "sigma": sigma, "architecture": "mlp",
-              "prior": "mog" if prior == "mixture" else "standard", "prior_components": 8}
+    likelihood_options = {"sigma": sigma} if likelihood == "gaussian" else {}
+    config = {"z_dim": z_dim, "x_dim": x_dim,
+              "architecture": {"name": "mlp", "options": {"hidden_dims": [hidden_dim],
+                                                          "activation": "tanh"}},
+              "likelihood": {"name": likelihood, "options": likelihood_options},
+              "prior": {"name": "mog", "options": {"num_components": 8}}
+              if prior == "mixture" else "standard"}
     model = build_model(config)
     if prior == "mixture":
         angles = torch.arange(8, dtype=torch.float32) * (2 * math.pi / 8)
@@ -270,16 +323,20 @@ def synthetic_story(z_dim=2, x_dim=50, likelihood="bernoulli", sigma=0.1, seed=0
 
 def make_synthetic(config):
     """Draw train, validation and test data from :func:`synthetic_story` by running its model
-    forwards (the story at test time), keeping the true z of every point."""
-    sizes = {"train": config.get("synthetic_num_train", 5000), "validation": 1000, "test": 1000}
-    likelihood = config.get("likelihood", "bernoulli")
-    story = synthetic_story(z_dim=config.get("synthetic_z_dim", 2),
-                            x_dim=config.get("synthetic_x_dim", 50),
-                            likelihood=likelihood, sigma=config.get("sigma", 0.1),
-                            seed=config.get("synthetic_seed", 0),
-                            prior=config.get("synthetic_prior", "standard"))
+    forwards (the story at test time), keeping the true z of every point. The story's
+    likelihood is the run's (with its ``sigma`` for ``gaussian``)."""
+    from models.likelihoods import LIKELIHOODS
+
+    config = _run_config(config)
+    data = config.data
+    sizes = {"train": data.synthetic_num_train, "validation": 1000, "test": 1000}
+    likelihood = LIKELIHOODS.resolve(config.model.likelihood)
+    story = synthetic_story(z_dim=data.synthetic_z_dim, x_dim=data.synthetic_x_dim,
+                            likelihood=likelihood.name,
+                            sigma=likelihood.options.get("sigma", 0.1),
+                            seed=data.synthetic_seed, prior=data.synthetic_prior)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.get("synthetic_seed", 0) + 1)
+        torch.manual_seed(data.synthetic_seed + 1)
         trace = poutine.trace(story).get_trace(batch_size=sum(sizes.values()))
     x, z = trace.nodes["x"]["value"], trace.nodes["z"]["value"]
     splits, start = {}, 0

@@ -19,23 +19,13 @@ from pyro.distributions.transforms import conditional_affine_autoregressive
 from pyro.poutine.util import is_validation_enabled
 from torch import nn
 
-from models.networks import MLP, ConvEncoder
-from models.registry import ConfigError
+from models.base.config import ConfigError
+from models.base.registry import Registry
+from models.networks import MLP
 from models.vae import check_batch
 
 # q(z | x) keeps a little spread even where the encoder is sure, so that log q stays finite.
 MIN_SCALE = 1e-4
-
-
-def encoder_network(config, out_features):
-    """The encoder body the configuration asks for: x (..., x_dim) -> (..., out_features)."""
-    architecture = config.get("architecture", "mlp")
-    hidden_dims = config.get("hidden_dims", [512, 256])
-    activation = config.get("activation", "relu")
-    if architecture == "conv":
-        return ConvEncoder(config.get("image_shape"), out_features,
-                           hidden=hidden_dims[0] if hidden_dims else 256, activation=activation)
-    return MLP(config["x_dim"], hidden_dims, out_features, activation)
 
 
 class Guide(nn.Module):
@@ -45,11 +35,17 @@ class Guide(nn.Module):
     shape (z_dim,), with an exact ``log_prob``. Amortized Gaussian guides also give
     ``encoder_distribution(x)``, the Gaussian produced by the encoder network (the whole guide for
     ``diagonal`` and ``fullcov``, the base of the flow for ``iaf``); the VampPrior uses it.
-    ``from_config(config)`` builds a guide from the flat run configuration.
+
+    The keyword parameters of a subclass's ``__init__`` after ``x_dim`` and ``z_dim`` are its
+    options (``--guide-option key=value``). :meth:`build` calls ``cls(x_dim, z_dim, **options)``;
+    override it (and ``context_parameters``) to take more from the build context, such as an
+    encoder body of the run's architecture: ``context.encoder(out_features)``.
     """
 
     #: the name under which the guide registers its parameters with Pyro
     pyro_name = "guide"
+    #: constructor parameters filled by :meth:`build` from the context, not by options
+    context_parameters = ("x_dim", "z_dim")
 
     def __init__(self, x_dim, z_dim):
         super().__init__()
@@ -57,13 +53,9 @@ class Guide(nn.Module):
         self.z_dim = int(z_dim)
 
     @classmethod
-    def from_config(cls, config):
-        return cls(config["x_dim"], config["z_dim"],
-                   network=encoder_network(config, cls.encoder_outputs(config)))
-
-    @classmethod
-    def encoder_outputs(cls, config):
-        return 2 * config["z_dim"]
+    def build(cls, context, **options):
+        """The guide for a :class:`models.build.BuildContext` and its options."""
+        return cls(context.x_dim, context.z_dim, **options)
 
     def distribution(self, x):
         raise NotImplementedError
@@ -79,7 +71,24 @@ class Guide(nn.Module):
             return pyro.sample("z", self.distribution(x))
 
 
-class DiagonalGaussianGuide(Guide):
+class AmortizedGuide(Guide):
+    """Base of the project's amortized guides: an encoder network of the run's architecture
+    (``network``; by default an MLP of ``hidden_dims``) whose outputs parametrize q(z | x)."""
+
+    context_parameters = ("x_dim", "z_dim", "hidden_dims", "activation", "network")
+
+    @classmethod
+    def build(cls, context, **options):
+        network = context.encoder(cls.encoder_outputs(context.z_dim, **options))
+        return cls(context.x_dim, context.z_dim, network=network, **options)
+
+    @classmethod
+    def encoder_outputs(cls, z_dim, **options):
+        """How many numbers the encoder outputs per data point."""
+        return 2 * z_dim
+
+
+class DiagonalGaussianGuide(AmortizedGuide):
     """q(z | x) = N(z | mu_phi(x), diag sigma_phi(x)^2), the encoder of Kingma & Welling (2014)."""
 
     def __init__(self, x_dim, z_dim, hidden_dims=(512, 256), activation="relu", network=None):
@@ -99,7 +108,7 @@ class DiagonalGaussianGuide(Guide):
         return self.distribution(x)
 
 
-class FullCovarianceGuide(Guide):
+class FullCovarianceGuide(AmortizedGuide):
     """q(z | x) = N(z | mu_phi(x), L_phi(x) L_phi(x)^T) with L lower triangular: the encoder
     outputs the mean, the log-scale of the diagonal of L (through softplus) and the entries below
     it, so that q can express correlations between latent dimensions."""
@@ -113,8 +122,7 @@ class FullCovarianceGuide(Guide):
         self.register_buffer("cols", cols, persistent=False)
 
     @classmethod
-    def encoder_outputs(cls, config):
-        z_dim = config["z_dim"]
+    def encoder_outputs(cls, z_dim, **options):
         return z_dim + z_dim * (z_dim + 1) // 2
 
     def encode(self, x):
@@ -136,7 +144,7 @@ class FullCovarianceGuide(Guide):
         return self.distribution(x)
 
 
-class IAFGuide(Guide):
+class IAFGuide(AmortizedGuide):
     """q(z | x): the diagonal Gaussian encoder followed by inverse autoregressive flow steps
     conditioned on x (Kingma et al. 2016).
 
@@ -150,6 +158,10 @@ class IAFGuide(Guide):
     def __init__(self, x_dim, z_dim, hidden_dims=(512, 256), activation="relu", network=None,
                  num_flows=2, context_dim=None, flow_hidden=None):
         super().__init__(x_dim, z_dim)
+        for name, value in (("num_flows", num_flows), ("context_dim", context_dim),
+                            ("flow_hidden", flow_hidden)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"the iaf guide's {name} must be a positive integer, got {value}")
         self.context_dim = int(context_dim or self.z_dim)
         self.encoder = network or MLP(self.x_dim, hidden_dims, 2 * self.z_dim + self.context_dim,
                                       activation)
@@ -160,15 +172,8 @@ class IAFGuide(Guide):
             for _ in range(int(num_flows)))
 
     @classmethod
-    def from_config(cls, config):
-        return cls(config["x_dim"], config["z_dim"],
-                   network=encoder_network(config, cls.encoder_outputs(config)),
-                   num_flows=config.get("guide_flows", 2), context_dim=config["z_dim"],
-                   flow_hidden=config.get("flow_hidden"))
-
-    @classmethod
-    def encoder_outputs(cls, config):
-        return 3 * config["z_dim"]
+    def encoder_outputs(cls, z_dim, context_dim=None, **options):
+        return 2 * z_dim + int(context_dim or z_dim)
 
     def encode(self, x):
         """Return (z_loc, z_scale, context), the base Gaussian and the flows' context h."""
@@ -199,6 +204,7 @@ class LocalGuide(Guide):
 
     # Its own name: a VampPrior of the model registers the amortized guide as "guide".
     pyro_name = "local_guide"
+    context_parameters = ("base", "x")
 
     def __init__(self, base, x):
         super().__init__(base.x_dim, base.z_dim)
@@ -224,7 +230,7 @@ class LocalGuide(Guide):
         self._index = None
 
     @classmethod
-    def from_config(cls, config):
+    def build(cls, context, **options):
         raise ConfigError(
             "--guide local has no encoder to train: it is fitted on the evaluation points "
             "(scripts/evaluate.py RUN --guide local); train with diagonal, fullcov or iaf")
@@ -257,12 +263,12 @@ def _softplus_inverse(y):
     return y + torch.log(-torch.expm1(-y))
 
 
-GUIDES = {
+GUIDES = Registry("guide", {
     "diagonal": DiagonalGaussianGuide,
     "fullcov": FullCovarianceGuide,
     "iaf": IAFGuide,
     "local": LocalGuide,
-}
+}, base=Guide, allow_custom=True)
 
 
 class ExactPosteriorGuide(Guide):

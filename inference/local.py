@@ -10,7 +10,7 @@ decomposition of Cremer et al. (2018) needs.
 import torch
 from tqdm.auto import tqdm
 
-from evaluation.log_weights import log_importance_weights
+from inference.log_weights import log_importance_weights
 from inference.guides import LocalGuide
 
 

@@ -10,7 +10,7 @@ iwae      log (1/K) sum_k p(x, z_k) / q(z_k | x)     (Burda et al. 2015)
 ========= ================================================================================
 
 The IWAE loss is written here from the per-data-point log weights of
-:func:`evaluation.log_weights.log_importance_weights` rather than taken from Pyro's
+:func:`inference.log_weights.log_importance_weights` rather than taken from Pyro's
 ``RenyiELBO(alpha=0)``. That class does keep the data plate when every site sits in it, but its
 log weights already carry the subsampling scale N / B of the plate, so on a minibatch it
 maximizes (1/K-average of w^(N/B)) instead of (N / B) log mean_k w: a different objective
@@ -24,13 +24,12 @@ every latent (not observed) site of the model and the guide.
 import math
 
 import torch
-from pyro.infer import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
-from evaluation.log_weights import log_importance_weights
-from models.registry import ConfigError, lookup
-
-OBJECTIVES = ("elbo", "meanfield", "iwae")
+from inference.log_weights import log_importance_weights
+from models.base.config import ConfigError
+from models.base.registry import Registry
 
 
 class ScaleLatents(Messenger):
@@ -51,9 +50,7 @@ class IWAELoss:
     minibatch of B of N points; a loss callable for ``pyro.infer.SVI``."""
 
     def __init__(self, num_particles):
-        if int(num_particles) < 1:
-            raise ConfigError(f"--num-particles must be at least 1, got {num_particles}")
-        self.num_particles = int(num_particles)
+        self.num_particles = _check_particles(num_particles)
 
     def __call__(self, model, guide, x, num_data=None, batch_size=None):
         log_weights = log_importance_weights(model, guide, x, self.num_particles,
@@ -62,30 +59,82 @@ class IWAELoss:
         return -bound.sum() * ((num_data or x.shape[0]) / x.shape[0])
 
 
-def make_loss(config):
-    """The SVI loss that ``config`` asks for (keys ``objective``, ``num_particles``, ``jit``)."""
-    name = config.get("objective", "elbo")
-    lookup({key: key for key in OBJECTIVES}, name, "objective")
-    num_particles = int(config.get("num_particles", 1))
-    if num_particles < 1:
-        raise ConfigError(f"--num-particles must be at least 1, got {num_particles}")
-    if config.get("jit") and (name == "iwae" or config.get("kl_warmup_epochs")):
+def _check_particles(num_particles):
+    if isinstance(num_particles, bool) or int(num_particles) != num_particles or \
+            num_particles < 1:
+        raise ConfigError(f"--num-particles must be a whole number of at least 1, got "
+                          f"{num_particles}")
+    return int(num_particles)
+
+
+class Objective:
+    """Base class of training objectives: the keyword parameters of ``__init__`` are the
+    options (``--objective-option``; ``--num-particles`` sets ``num_particles``), and
+    :meth:`loss` gives the loss callable that ``pyro.infer.SVI`` minimizes."""
+
+    context_parameters = ()
+    #: whether a JIT-compiled form of the loss exists
+    jit_supported = True
+
+    def __init__(self, num_particles=1):
+        self.num_particles = _check_particles(num_particles)
+
+    def loss(self, jit=False):
+        raise NotImplementedError
+
+    def _particles(self):
+        return dict(num_particles=self.num_particles,
+                    vectorize_particles=self.num_particles > 1, max_plate_nesting=1)
+
+
+class ELBOObjective(Objective):
+    """Trace_ELBO (JitTrace_ELBO with ``jit``): mean_k [log p(x, z_k) - log q(z_k | x)]."""
+
+    def loss(self, jit=False):
+        if jit:
+            return JitTrace_ELBO(ignore_jit_warnings=True, **self._particles())
+        return Trace_ELBO(**self._particles())
+
+
+class MeanFieldObjective(Objective):
+    """TraceMeanField_ELBO: the KL term analytic where torch knows it."""
+
+    def loss(self, jit=False):
+        if jit:
+            return JitTraceMeanField_ELBO(ignore_jit_warnings=True, **self._particles())
+        return TraceMeanField_ELBO(**self._particles())
+
+
+class IWAEObjective(Objective):
+    """The importance-weighted bound of Burda et al. (2015) with K = ``num_particles``."""
+
+    jit_supported = False
+
+    def loss(self, jit=False):
+        return IWAELoss(self.num_particles)
+
+
+OBJECTIVES = Registry("objective", {
+    "elbo": ELBOObjective,
+    "meanfield": MeanFieldObjective,
+    "iwae": IWAEObjective,
+}, base=Objective)
+
+
+def make_loss(training):
+    """The SVI loss a :class:`models.base.config.TrainingConfig` asks for (its ``objective``,
+    ``jit`` and ``kl_warmup_epochs``)."""
+    spec = OBJECTIVES.resolve(training.objective)
+    objective = OBJECTIVES.get(spec.name)(**spec.options)
+    if training.jit and (not objective.jit_supported or training.kl_warmup_epochs):
         raise ConfigError("--jit supports --objective elbo and meanfield without KL warm-up; "
                           "drop --jit")
-    if name == "iwae":
-        return IWAELoss(num_particles)
-    particles = dict(num_particles=num_particles, vectorize_particles=num_particles > 1,
-                     max_plate_nesting=1)
-    if name == "meanfield":
-        return TraceMeanField_ELBO(**particles)
-    if config.get("jit"):
-        return JitTrace_ELBO(ignore_jit_warnings=True, **particles)
-    return Trace_ELBO(**particles)
+    return objective.loss(jit=training.jit)
 
 
-def kl_weight(config, epoch, step, num_batches):
-    """The warm-up weight at the ``step``-th minibatch (1-based) of ``epoch`` (1-based)."""
-    warmup_epochs = float(config.get("kl_warmup_epochs") or 0)
+def kl_weight(warmup_epochs, epoch, step, num_batches):
+    """The warm-up weight at the ``step``-th minibatch (1-based) of ``epoch`` (1-based) for a
+    warm-up over ``warmup_epochs`` epochs (0: no warm-up)."""
     if warmup_epochs <= 0:
         return 1.0
     return min(1.0, ((epoch - 1) * num_batches + step) / (warmup_epochs * num_batches))

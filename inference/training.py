@@ -6,8 +6,9 @@
             svi.step(x, num_data=N)     # minibatch ELBO scaled by N / B: unbiased for the full ELBO
 
 Everything a run produces goes to one folder: ``config.json``, ``metrics.csv``, ``checkpoint.pt``
-(after the last finished epoch), ``best.pt`` (best validation ELBO), ``elbo.png`` and
-``summary.json``. All are written atomically. Resuming from ``checkpoint.pt`` restores parameters,
+(after the last finished epoch), ``best.pt`` (best validation ELBO) and ``summary.json``, all
+written atomically; ``after_epoch`` lets the caller add more (``train.py`` draws ``elbo.png``).
+Resuming from ``checkpoint.pt`` restores parameters,
 optimizer moments and random number generator states, so a run that was split in two ends exactly
 where an uninterrupted run with the same seed ends (on the CPU; GPU kernels are not all
 deterministic).
@@ -25,28 +26,14 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 from tqdm.auto import tqdm
 
-from evaluation.log_weights import log_importance_weights
 from inference.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
-from inference.io import atomic_savefig, atomic_write_json, atomic_write_text
+from inference.log_weights import log_importance_weights
 from inference.objectives import ScaleLatents, kl_weight, make_loss, warmed
+from models.base.io import atomic_write_json, atomic_write_text
 
 # train_elbo is the training objective per point (the IWAE bound for --objective iwae, the
 # KL-weighted ELBO during warm-up); validation_elbo is always the plain ELBO.
 METRIC_FIELDS = ("epoch", "train_elbo", "validation_elbo", "kl_weight", "seconds")
-
-
-def resolve_device(name="auto"):
-    """``auto`` picks CUDA when it is available; asking for CUDA without it is an error."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available on this machine "
-                         "(torch.cuda.is_available() is False); use --device cpu or auto")
-    return device
 
 
 @torch.no_grad()
@@ -89,66 +76,37 @@ def write_metrics(out_dir, metrics):
     atomic_write_text(os.path.join(out_dir, "metrics.csv"), buffer.getvalue())
 
 
-def plot_metrics(out_dir, metrics, title=""):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in metrics]
-    figure, axes = plt.subplots(figsize=(6, 4))
-    axes.plot(epochs, [row["train_elbo"] for row in metrics], "o-", color="#0072B2",
-              label="train (running mean over the epoch)")
-    axes.plot(epochs, [row["validation_elbo"] for row in metrics], "s--", color="#D55E00",
-              label="validation")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("ELBO per data point (nats)")
-    axes.set_title(title or "ELBO during training")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    atomic_savefig(os.path.join(out_dir, "elbo.png"), figure, dpi=100)
-    plt.close(figure)
-
-
-def _check_config(config):
-    for key in ("num_epochs", "batch_size"):
-        if int(config[key]) < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
-    if float(config.get("kl_warmup_epochs") or 0) < 0:
-        raise ValueError(f"--kl-warmup-epochs must be >= 0, got {config['kl_warmup_epochs']}")
-    if not config["learning_rate"] > 0:
-        raise ValueError(f"--learning-rate must be positive, got {config['learning_rate']}")
-
-
-def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=True, log=print):
+def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=True, log=print,
+        after_epoch=None):
     """Train ``model`` and ``guide`` by SVI on ``dataset`` as ``config`` says; write the run folder.
 
-    :param dict config: the run configuration; uses ``num_epochs``, ``batch_size``,
-        ``learning_rate`` and ``jit``. It is saved as ``config.json`` and in every checkpoint.
+    :param config: the run's :class:`models.base.config.RunConfig`; training follows
+        ``config.training``. It is saved as ``config.json`` and in every checkpoint.
     :param dict checkpoint: a loaded checkpoint to resume from (see ``load_checkpoint``).
+    :param after_epoch: called as ``after_epoch(out_dir, metrics)`` after each epoch's files
+        are written (to draw curves, say).
     :returns: the summary dict written to ``summary.json``.
     """
-    _check_config(config)
+    training = config.training
     os.makedirs(out_dir, exist_ok=True)
     forget_stale_params()
-    optimizer = Adam({"lr": config["learning_rate"]})
+    optimizer = Adam({"lr": training.learning_rate})
     metrics, best, start_epoch = [], {"epoch": 0, "validation_elbo": -math.inf}, 0
     if checkpoint is not None:
         optimizer.set_state(checkpoint["optimizer"])
         metrics, best, start_epoch = checkpoint["metrics"], checkpoint["best"], checkpoint["epoch"]
         set_rng_state(checkpoint["rng"])
         log(f"resuming {out_dir} after epoch {start_epoch}")
-    atomic_write_json(os.path.join(out_dir, "config.json"), config)
+    atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
 
     scaler = ScaleLatents(1.0)
-    svi = SVI(warmed(model, scaler), warmed(guide, scaler), optimizer, make_loss(config))
+    svi = SVI(warmed(model, scaler), warmed(guide, scaler), optimizer, make_loss(training))
     train, num_data = dataset.train, len(dataset.train)
-    batch_size = min(int(config["batch_size"]), num_data)
+    batch_size = min(training.batch_size, num_data)
     # A traced graph has fixed shapes, so under --jit every minibatch must have the same size.
-    drop_last = bool(config.get("jit"))
+    drop_last = training.jit
     num_batches = num_data // batch_size if drop_last else math.ceil(num_data / batch_size)
-    num_epochs = int(config["num_epochs"])
+    num_epochs = training.num_epochs
 
     model.train(), guide.train()
     for epoch in range(start_epoch + 1, num_epochs + 1):
@@ -157,8 +115,9 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
         bar = tqdm(total=num_batches, desc=f"epoch {epoch}/{num_epochs}", unit="batch",
                    disable=not progress, leave=False, dynamic_ncols=True)
         for x in train.batches(batch_size, shuffle=True, drop_last=drop_last):
-            scaler.weight = kl_weight(config, epoch, steps + 1, num_batches)
-            total += _step(svi, x, num_data, config, first=steps == 0 and epoch == start_epoch + 1)
+            scaler.weight = kl_weight(training.kl_warmup_epochs, epoch, steps + 1, num_batches)
+            total += _step(svi, x, num_data, training.jit,
+                           first=steps == 0 and epoch == start_epoch + 1)
             steps += 1
             bar.update()
             if steps % 10 == 0 or steps == num_batches:
@@ -182,14 +141,15 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
         if improved:
             save_checkpoint(os.path.join(out_dir, BEST), **state)
         write_metrics(out_dir, metrics)
-        plot_metrics(out_dir, metrics, title=config.get("title", ""))
+        if after_epoch is not None:
+            after_epoch(out_dir, metrics)
         log(f"epoch {epoch:3d}/{num_epochs}  train ELBO {train_elbo:9.3f}  validation ELBO "
             f"{validation_elbo:9.3f}  ({seconds:.1f} s){'  *best*' if improved else ''}")
     return _summarize(model, guide, dataset, config, out_dir, metrics, best)
 
 
-def _step(svi, x, num_data, config, first):
-    if not (first and config.get("jit")):
+def _step(svi, x, num_data, jit, first):
+    if not (first and jit):
         return svi.step(x, num_data=num_data)
     try:
         return svi.step(x, num_data=num_data)

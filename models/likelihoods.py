@@ -10,18 +10,23 @@ import torch
 from torch import nn
 import pyro.distributions as dist
 
+from models.base.registry import Registry
+
 
 class Likelihood(nn.Module):
-    """Base class of p(x | z)."""
+    """Base class of p(x | z). The keyword parameters of a subclass's ``__init__`` are its
+    options (``--likelihood-option key=value``); :meth:`build` calls ``cls(**options)``."""
 
     #: how many decoder outputs parametrize one feature of x
     params_per_feature = 1
     #: the ``--binarize`` settings whose data this likelihood can explain
     binarize = ("none",)
+    #: constructor parameters filled by the builder, not by options
+    context_parameters = ()
 
     @classmethod
-    def from_config(cls, config):
-        return cls()
+    def build(cls, context, **options):
+        return cls(**options)
 
     def forward(self, decoder_output):
         raise NotImplementedError
@@ -60,13 +65,9 @@ class GaussianLikelihood(Likelihood):
 
     def __init__(self, sigma=0.1):
         super().__init__()
-        if not sigma > 0:
+        if not 0 < sigma < float("inf"):
             raise ValueError(f"the gaussian likelihood needs sigma > 0, got {sigma}")
         self.register_buffer("sigma", torch.tensor(float(sigma)))
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(config.get("sigma", 0.1))
 
     def forward(self, loc):
         return dist.Normal(loc, self.sigma).to_event(1)
@@ -87,14 +88,10 @@ class LearnedGaussianLikelihood(Likelihood):
 
     def __init__(self, min_scale=0.01):
         super().__init__()
-        if not min_scale > 0:
+        if not 0 < min_scale < float("inf"):
             raise ValueError(
                 f"the gaussian-learned likelihood needs min_scale > 0, got {min_scale}")
         self.min_scale = float(min_scale)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(config.get("min_scale", 0.01))
 
     def split(self, decoder_output):
         """(loc, scale), each of shape (..., x_dim)."""
@@ -126,9 +123,9 @@ class ContinuousBernoulliLikelihood(Likelihood):
                 f"as {example:.4g}; rescale the data to [0, 1] or use --likelihood gaussian")
 
 
-LIKELIHOODS = {
+LIKELIHOODS = Registry("likelihood", {
     "bernoulli": BernoulliLikelihood,
     "gaussian": GaussianLikelihood,
     "gaussian-learned": LearnedGaussianLikelihood,
     "continuous-bernoulli": ContinuousBernoulliLikelihood,
-}
+}, base=Likelihood, allow_custom=True)

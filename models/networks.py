@@ -2,20 +2,32 @@
 
 from torch import nn
 
-ACTIVATIONS = {
+from models.base.registry import Registry
+
+ACTIVATIONS = Registry("activation", {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "softplus": nn.Softplus,
     "elu": nn.ELU,
     "leaky_relu": nn.LeakyReLU,
     "gelu": nn.GELU,
-}
+})
 
 
 def activation_module(name):
-    from models.registry import lookup
+    return ACTIVATIONS.get(name)()
 
-    return lookup(ACTIVATIONS, name, "activation")()
+
+def check_hidden_dims(hidden_dims):
+    """Hidden layer sizes as a tuple of positive integers (an empty tuple: no hidden layer)."""
+    if isinstance(hidden_dims, int):
+        hidden_dims = (hidden_dims,)
+    sizes = tuple(hidden_dims)
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1
+               for size in sizes):
+        raise ValueError(f"hidden layer sizes (--hidden-dims) must be positive whole numbers, got "
+                         f"{list(sizes)}")
+    return sizes
 
 
 class MLP(nn.Sequential):
@@ -27,7 +39,7 @@ class MLP(nn.Sequential):
 
     def __init__(self, in_features, hidden_dims, out_features, activation="relu"):
         layers = []
-        sizes = [in_features, *hidden_dims]
+        sizes = [in_features, *check_hidden_dims(hidden_dims)]
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(n_in, n_out), activation_module(activation)]
         layers.append(nn.Linear(sizes[-1], out_features))

@@ -17,6 +17,8 @@ import pyro.distributions as dist
 from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 
+from models.base.registry import Registry
+
 
 class DiagonalNormalMixture(dist.MixtureSameFamily):
     """p(z) = sum_k pi_k N(z | m_k, diag s_k^2): a mixture of K diagonal Gaussians with
@@ -68,19 +70,26 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
 class Prior(nn.Module):
     """Base class: subclasses implement ``forward() -> Distribution`` with event shape (z_dim,).
 
-    ``from_config(config, **context)`` builds the prior from the flat run configuration (a plain
-    dict saved with every checkpoint); override it when a prior needs more than ``z_dim``.
+    The keyword parameters of a subclass's ``__init__`` after ``z_dim`` are its options
+    (``--prior-option key=value``; their defaults are the options' defaults). :meth:`build`
+    calls ``cls(z_dim, **options)``; override it, and list the extra parameters it fills in
+    ``context_parameters``, when a prior needs more of the build context (see
+    :class:`VampPrior`).
     """
+
+    #: constructor parameters filled by :meth:`build` from the context, not by options
+    context_parameters = ("z_dim",)
 
     def __init__(self, z_dim):
         super().__init__()
-        if int(z_dim) < 1:
+        if isinstance(z_dim, bool) or int(z_dim) != z_dim or int(z_dim) < 1:
             raise ValueError(f"z_dim must be a positive integer, got {z_dim}")
         self.z_dim = int(z_dim)
 
     @classmethod
-    def from_config(cls, config, **context):
-        return cls(config["z_dim"])
+    def build(cls, context, **options):
+        """The prior for a :class:`models.build.BuildContext` and its options."""
+        return cls(context.z_dim, **options)
 
     def forward(self):
         raise NotImplementedError
@@ -123,10 +132,6 @@ class MixtureOfGaussiansPrior(Prior):
         self.locs = nn.Parameter(init_spread * torch.randn(self.num_components, self.z_dim))
         self.raw_scales = nn.Parameter(torch.zeros(self.num_components, self.z_dim))
 
-    @classmethod
-    def from_config(cls, config, **context):
-        return cls(config["z_dim"], config.get("prior_components") or 10)
-
     def scales(self):
         # The shift makes raw 0 a unit scale, so components start as unit Gaussians.
         return F.softplus(self.raw_scales + _SOFTPLUS_OF_ONE) + 1e-4
@@ -154,14 +159,19 @@ class VampPrior(Prior):
                              " (such as --guide diagonal, fullcov or iaf)")
         if guide.z_dim != self.z_dim:
             raise ValueError(f"the guide's z_dim {guide.z_dim} differs from the prior's {z_dim}")
+        if int(num_components) < 1:
+            raise ValueError(f"the vamp prior needs at least one pseudo-input, got "
+                             f"{num_components}")
         self.num_components = int(num_components)
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(self.num_components, x_dim))
         # A tuple keeps the guide out of this module's parameters: the guide owns them.
         self._guide = (guide,)
 
+    context_parameters = ("z_dim", "guide", "x_dim")
+
     @classmethod
-    def from_config(cls, config, guide=None, **context):
-        return cls(config["z_dim"], guide, config["x_dim"], config.get("prior_components") or 500)
+    def build(cls, context, **options):
+        return cls(context.z_dim, context.guide, context.x_dim, **options)
 
     def shared_modules(self):
         return {"guide": self._guide[0]}
@@ -188,28 +198,27 @@ class FlowPrior(Prior):
     dimensions by its own random permutation, saved with the checkpoint.
     """
 
-    def __init__(self, z_dim, num_flows=4, hidden_dims=None):
+    def __init__(self, z_dim, num_flows=4, flow_hidden=None):
         super().__init__(z_dim)
-        hidden_dims = list(hidden_dims or [max(64, 4 * self.z_dim)])
+        if int(num_flows) < 1:
+            raise ValueError(f"the flow prior needs at least one layer, got {num_flows}")
+        if flow_hidden is not None and int(flow_hidden) < 1:
+            raise ValueError(f"flow_hidden must be a positive integer, got {flow_hidden}")
+        hidden_dims = [int(flow_hidden or max(64, 4 * self.z_dim))]
         self.layers = nn.ModuleList(
             AffineAutoregressive(AutoRegressiveNN(self.z_dim, hidden_dims), stable=False)
             for _ in range(int(num_flows)))
         self.register_buffer("loc", torch.zeros(self.z_dim))
         self.register_buffer("scale", torch.ones(self.z_dim))
 
-    @classmethod
-    def from_config(cls, config, **context):
-        hidden = config.get("flow_hidden")
-        return cls(config["z_dim"], config.get("prior_flows", 4), [hidden] if hidden else None)
-
     def forward(self):
         base = dist.Normal(self.loc, self.scale).to_event(1)
         return dist.TransformedDistribution(base, [layer.inv for layer in self.layers])
 
 
-PRIORS = {
+PRIORS = Registry("prior", {
     "standard": StandardNormalPrior,
     "mog": MixtureOfGaussiansPrior,
     "vamp": VampPrior,
     "flow": FlowPrior,
-}
+}, base=Prior, allow_custom=True)

@@ -11,15 +11,13 @@ with K = 10. Absolute times mean something only on the device they were measured
     python scripts/benchmark_mixture.py --device cuda --num-points 20000
 """
 
-import argparse
 import time
 
-import pyro
 import pyro.distributions as dist
 import torch
 
-from inference.cli import HelpFormatter, run
-from inference.training import resolve_device
+from evaluation.reporting import cli
+from models.base.cli import entry_point
 from models.priors import DiagonalNormalMixture
 
 
@@ -38,12 +36,10 @@ def timed(function, repeats, device):
     return sorted(times)[len(times) // 2]
 
 
-def main(args):
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
+def _main(args):
     if min(args.num_components, args.z_dim, args.num_points, args.repeats) < 1:
         raise ValueError("--num-components, --z-dim, --num-points and --repeats must be positive")
-    device = resolve_device(args.device)
+    device = cli.start(args)
     logits = torch.randn(args.num_components, device=device)
     locs = torch.randn(args.num_components, args.z_dim, device=device)
     scales = 0.05 + torch.rand(args.num_components, args.z_dim, device=device)
@@ -69,15 +65,18 @@ def main(args):
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--num-components", type=int, default=500)
-    parser.add_argument("--z-dim", type=int, default=50)
-    parser.add_argument("--num-points", type=int, default=5350)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = cli.make_parser(__doc__, __file__)
+    group = parser.add_argument_group("sizes")
+    group.add_argument("--num-components", type=int, default=500)
+    group.add_argument("--z-dim", type=int, default=50)
+    group.add_argument("--num-points", type=int, default=5350)
+    group.add_argument("--repeats", type=int, default=5)
+    cli.add_common_flags(parser)
     return parser
 
 
+main = entry_point(_main, make_parser)
+
+
 if __name__ == "__main__":
-    run(main, make_parser())
+    main()

@@ -17,7 +17,6 @@ guide, and the report adds the gap decomposition of Cremer et al. (2018): log p(
 approximation gap + amortization gap.
 """
 
-import argparse
 import os
 import time
 
@@ -25,69 +24,90 @@ import pyro
 import torch
 
 from evaluation.ais import bdmc
-from evaluation.cli import add_estimator_flags, estimator_names, estimator_options
-from evaluation.estimators import ESTIMATORS, estimate
+from evaluation.estimators import ESTIMATORS, estimate, options_for
 from evaluation.gaps import gap_decomposition, summarize_gaps
-from evaluation.report import csv_text, format_table, per_point_rows
-from evaluation.runs import load_run, select
-from inference.cli import HelpFormatter, comma_list, run
-from inference.io import atomic_write_json, atomic_write_text
+from evaluation.reporting import cli
+from evaluation.reporting.tables import csv_text, per_point_rows, render
 from inference.local import fit_local_guide
-from inference.training import resolve_device
+from models.base.cli import entry_point
+from models.base.config import ConfigError
+from models.base.io import atomic_write_json, atomic_write_text
+from models.base.registry import option_defaults
+
+#: the flags of the local fit and the parameters of fit_local_guide they set, whose defaults
+#: are fit_local_guide's
+LOCAL_FLAGS = {"local_steps": "num_steps", "local_learning_rate": "learning_rate",
+               "local_particles": "num_particles"}
+LOCAL_DEFAULTS = option_defaults(fit_local_guide, ("model", "guide", "x", "progress"))[0]
 
 
-def num_samples_for(name, args):
-    return args.ais_chains if name == "ais" else args.num_samples
+def local_guide(args, opened):
+    """The guide the estimators use: the run's own, or a local guide fitted on the points."""
+    own = opened.config.model.guide.name
+    if args.guide in (None, own):
+        given = [cli.flag(name) for name in LOCAL_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to --guide local; add it or drop them")
+        return opened.guide, None
+    if args.guide != "local":
+        raise ConfigError(f"evaluate.py scores the run's own guide ({own}) or a local guide "
+                          f"fitted on the evaluation points (--guide local), not --guide "
+                          f"{args.guide}")
+    settings = {parameter: LOCAL_DEFAULTS[parameter] if getattr(args, name) is None
+                else getattr(args, name) for name, parameter in LOCAL_FLAGS.items()}
+    steps = settings["num_steps"]
+    pyro.set_rng_seed(0 if args.seed is None else args.seed)
+    guide, history = fit_local_guide(opened.model, opened.guide, opened.x, **settings,
+                                     progress=not args.no_progress)
+    print(f"fitted the local guide on {opened.x.shape[0]} points: {steps} Adam steps, mean ELBO "
+          f"{history[0] if history else float('nan'):.3f} -> "
+          f"{history[-1] if history else float('nan'):.3f}")
+    return guide, steps
 
 
-def main(args):
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    device = resolve_device(args.device)
-    names = estimator_names(args.estimator, default=("elbo", "importance"))
-    model, guide, dataset, config, path = load_run(args.run, device, args.data_dir)
-    x, labels = select(dataset, args.split, args.num_data)
-    print(f"{path}: {config.get('dataset')} {args.split} split, {x.shape[0]} data points, "
-          f"z_dim={config['z_dim']}, on {device}")
-    options = estimator_options(args)
-    amortized = guide
-    if args.guide == "local":
-        pyro.set_rng_seed(args.seed)
-        guide, history = fit_local_guide(model, amortized, x, args.local_steps,
-                                         args.local_learning_rate, args.local_particles,
-                                         progress=not args.no_progress)
-        print(f"fitted the local guide on {x.shape[0]} points: {args.local_steps} Adam steps, "
-              f"mean ELBO {history[0] if history else float('nan'):.3f} -> "
-              f"{history[-1] if history else float('nan'):.3f}")
+def _main(args):
+    names = cli.estimator_names(args, default=("elbo", "importance"))
+    cli.check_positive(args, "num_samples", "num_data", "ais_chains")
+    if args.bdmc is not None and args.bdmc < 0:
+        raise ConfigError(f"--bdmc must be 0 or more, got {args.bdmc}")
+    options = cli.estimator_options(args, names, also=("ais",) if args.bdmc else ())
+    opened = cli.open_run(args)
+    model, x, seed = opened.model, opened.x, 0 if args.seed is None else args.seed
+    print(f"{opened.path}: {opened.config.data.dataset} {args.split} split, {x.shape[0]} data "
+          f"points, z_dim={opened.config.model.z_dim}, on {opened.device}")
+    guide, local_steps = local_guide(args, opened)
     summaries, rows = [], []
     for name in names:
-        pyro.set_rng_seed(args.seed)  # each estimator's numbers do not depend on the others
-        result = estimate(name, model, guide, x, num_samples_for(name, args), **options)
+        pyro.set_rng_seed(seed)  # each estimator's numbers do not depend on the others
+        result = estimate(name, model, guide, x, cli.num_samples_for(name, args),
+                          **options_for(name, options))
         summaries.append(result.summary())
-        rows += per_point_rows(result, labels)
-    print(format_table(summaries))
-    flagged = [s for s in summaries if s["num_flagged"]]
-    for s in flagged:
-        print(f"{s['estimator']}: {s['num_flagged']} of {s['num_data']} data points have Pareto "
-              f"k-hat > 0.7; their estimates cannot be trusted")
-    report = {"run": args.run, "checkpoint": path, "split": args.split, "seed": args.seed,
-              "num_data": int(x.shape[0]), "device": str(device), "config": config,
-              "guide": args.guide, "estimators": summaries,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if args.guide == "local":
-        pyro.set_rng_seed(args.seed)
-        gaps = summarize_gaps(gap_decomposition(model, amortized, guide, x, args.num_samples))
-        report["gaps"] = dict(gaps, local_steps=args.local_steps, num_samples=args.num_samples)
+        rows += per_point_rows(result, opened.labels)
+    print(render(summaries))
+    for s in summaries:
+        if s["num_flagged"]:
+            print(f"{s['estimator']}: {s['num_flagged']} of {s['num_data']} data points have "
+                  "Pareto k-hat > 0.7; their estimates cannot be trusted")
+    report = {"run": args.run, "checkpoint": opened.path, "split": args.split, "seed": seed,
+              "num_data": int(x.shape[0]), "device": str(opened.device),
+              "config": opened.config.to_dict(), "guide": args.guide or "run",
+              "estimators": summaries, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if local_steps is not None:
+        pyro.set_rng_seed(seed)
+        gaps = summarize_gaps(gap_decomposition(model, opened.guide, guide, x, args.num_samples))
+        report["gaps"] = dict(gaps, local_steps=local_steps, num_samples=args.num_samples)
         print(format_gaps(gaps, args.num_samples))
     if args.bdmc:
-        pyro.set_rng_seed(args.seed)
+        pyro.set_rng_seed(seed)
+        ais = {**ESTIMATORS.options("ais"), **options_for("ais", options)}
+        chains = cli.num_samples_for("ais", args)
         with torch.no_grad():
-            sandwich = bdmc(model, args.bdmc, args.ais_chains, num_steps=args.ais_steps,
-                            num_leapfrog=args.ais_leapfrog, step_size=args.ais_step_size,
-                            target_accept=args.ais_target_accept, schedule=args.ais_schedule)
+            sandwich = bdmc(model, args.bdmc, chains, num_steps=ais["ais_steps"],
+                            num_leapfrog=ais["ais_leapfrog"], step_size=ais["ais_step_size"],
+                            target_accept=ais["ais_target_accept"],
+                            schedule=ais["ais_schedule"])
         report["bdmc"] = {key: sandwich[key].mean().item() for key in ("lower", "upper", "gap")}
-        report["bdmc"].update(num_data=args.bdmc, ais_steps=args.ais_steps,
-                              ais_chains=args.ais_chains)
+        report["bdmc"].update(num_data=args.bdmc, ais_chains=chains, ais_steps=ais["ais_steps"])
         print(f"BDMC on {args.bdmc} points simulated from the model: forward AIS "
               f"{report['bdmc']['lower']:.3f} <= log p(x) <= reverse AIS "
               f"{report['bdmc']['upper']:.3f} (gap {report['bdmc']['gap']:.3f} nats)")
@@ -116,39 +136,29 @@ def format_gaps(gaps, num_samples):
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(
-        description="Estimate log p(x) per data point for a trained run.",
-        formatter_class=HelpFormatter)
+    parser = cli.make_parser("Estimate log p(x) per data point for a trained run.", __file__)
     parser.add_argument("run", help="a run folder (its best.pt is used) or a checkpoint file")
-    parser.add_argument("--estimator", type=comma_list(str), action="append", default=[],
-                        help=f"comma list or repeated; of {', '.join(ESTIMATORS)} "
-                        "(default: elbo,importance)")
-    parser.add_argument("--num-samples", type=int, default=1000,
-                        help="K, importance samples per data point")
-    parser.add_argument("--num-data", type=int, default=None,
-                        help="evaluate the first N points of the split (default: all)")
-    parser.add_argument("--split", choices=("test", "validation", "train"), default="test")
-    parser.add_argument("--data-dir", default=None,
-                        help="override the data folder stored in the run's config")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bdmc", type=int, default=0, metavar="N",
-                        help="also run BDMC on N points simulated from the model")
-    parser.add_argument("--out", default=None,
-                        help="write the summary JSON here and the per-point CSV beside it")
-    local = parser.add_argument_group("local guide")
-    local.add_argument("--guide", choices=("run", "local"), default="run",
-                       help="run: the trained encoder; local: per-point parameters fitted on "
-                       "the evaluation points, with the gap decomposition")
-    local.add_argument("--local-steps", type=int, default=500, help="Adam steps of the local fit")
-    local.add_argument("--local-learning-rate", type=float, default=1e-2,
-                       help="Adam step size of the local fit")
-    local.add_argument("--local-particles", type=int, default=8,
-                       help="draws of z per point and step of the local fit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_estimator_flags(parser)
+    group = cli.add_evaluation_flags(parser, default_estimators=("elbo", "importance"))
+    group.add_argument("--bdmc", type=int, default=None, metavar="N",
+                       help="also run BDMC on N points simulated from the model")
+    group.add_argument("--out", default=None,
+                       help="write the summary JSON here and the per-point CSV beside it")
+    local = parser.add_argument_group("guide")
+    local.add_argument("--guide", default=None,
+                       help="the guide of the estimators: the run's own (default) or local, "
+                       "per-point parameters fitted on the evaluation points, with the gap "
+                       "decomposition")
+    for name, what in (("local_steps", "Adam steps"), ("local_learning_rate", "Adam step size"),
+                       ("local_particles", "draws of z per point and step")):
+        default = LOCAL_DEFAULTS[LOCAL_FLAGS[name]]
+        local.add_argument(cli.flag(name), type=type(default), default=None,
+                           help=f"{what} of the local fit (default: {default})")
+    cli.add_opened_run_flags(parser, estimator_options=True)
     return parser
 
 
+main = entry_point(_main, make_parser)
+
+
 if __name__ == "__main__":
-    run(main, make_parser())
+    main()

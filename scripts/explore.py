@@ -13,7 +13,6 @@ reconstructions.png, samples.png, explore.json (the numbers behind the figures) 
 into the run folder or ``--out``.
 """
 
-import argparse
 import json
 import os
 import time
@@ -22,21 +21,22 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from evaluation import figures
-from evaluation.estimators import estimate
-from evaluation.html_report import (ESTIMATE_COLUMNS, config_html, estimate_rows, figure_html,
-                                    page, table_html)
-from evaluation.runs import load_run, select
-from inference.cli import HelpFormatter, comma_list, run
-from inference.io import atomic_write_json, atomic_write_text
-from inference.training import resolve_device
+from evaluation import story
+from evaluation.estimators import convergence_curves, estimate
+from evaluation.reporting import cli, figures
+from evaluation.reporting.html import figure_html, note, page, settings_html
+from evaluation.reporting.tables import SETTING_COLUMNS, render
+from models.base.cli import comma_list, entry_point
+from models.base.config import ConfigError
+from models.base.io import atomic_write_json, atomic_write_text
+from models.linear_gaussian import is_linear_gaussian
 
 CAPTIONS = {
     "elbo.png": "Training curves: the ELBO per data point on the training and validation splits.",
     "latent_map.png": "Where the encoder puts test images: each dot is E_q[z | x] of one image, "
                       "coloured and labelled by its digit.",
     "manifold.png": "What the decoder makes of each region of z-space: E[x | z] on a grid at "
-                    "prior quantiles.",
+                    "quantiles of the run's prior.",
     "blueprint.png": "One z is a blueprint: its decoded mean f(z), and different images drawn "
                      "from p(x | z).",
     "posterior.png": "For one test image only a tiny region of z carries weight: prior (dotted), "
@@ -49,143 +49,143 @@ CAPTIONS = {
 }
 FIGURES = ("latent_map.png", "manifold.png", "blueprint.png", "posterior.png",
            "convergence.png", "reconstructions.png", "samples.png")
+#: AIS settings of the convergence figure: short chains, one image
+AIS_LEAPFROG, MAX_AIS_CHAINS = 5, 100
 
 
-def reference_value(model, x, progress):
+def reference_value(model, x):
     """An exact or near-exact log p(x) for the convergence plot, where one exists."""
-    from models.linear_gaussian import is_linear_gaussian
-
     if is_linear_gaussian(model):
         return "exact", estimate("exact", model, None, x, None).estimate[0].item()
     if model.z_dim <= 2:
-        if progress is not None:
-            progress.set_postfix_str("quadrature")
         return "quadrature", estimate("quadrature", model, None, x, None).estimate[0].item()
     return None
 
 
-def evaluation_summaries(args, model, guide, dataset):
+def evaluation_summaries(args, opened):
     if args.evaluation:
         with open(args.evaluation) as handle:
             return json.load(handle)["estimators"]
-    x, _ = select(dataset, "test", args.eval_data)
+    x, _ = opened.dataset.select("test", args.eval_data)
     summaries = []
     for name in args.estimator or ["elbo", "importance", "prior"]:
-        pyro.set_rng_seed(args.seed)
-        summaries.append(estimate(name, model, guide, x, args.num_samples,
-                                  ais_steps=args.ais_steps).summary())
+        pyro.set_rng_seed(args.seed or 0)
+        options = {"ais_steps": args.ais_steps} if name == "ais" else {}
+        summaries.append(estimate(name, opened.model, opened.guide, x, args.num_samples,
+                                  **options).summary())
     return summaries
 
 
 def write_report(out, run_path, config, summaries, facts, run_dir):
-    sections = [("", f'<p class="note">Run <code>{run_path}</code>; written '
-                 f'{time.strftime("%Y-%m-%d %H:%M")}. Every number and picture below was '
-                 "computed from this run by <code>scripts/explore.py</code>.</p>")]
+    sections = [("", note(f"Run {run_path}; written {time.strftime('%Y-%m-%d %H:%M')}. Every "
+                          "number and picture below was computed from this run by "
+                          "scripts/explore.py."))]
     summary_path = os.path.join(run_dir, "summary.json")
     if os.path.isfile(summary_path):
         with open(summary_path) as handle:
             summary = json.load(handle)
         rows = [{"key": key, "value": value} for key, value in summary.items()]
-        sections.append(("Training", table_html(rows, [("key", "quantity"), ("value", "value")])
+        sections.append(("Training", render(rows, SETTING_COLUMNS, "html")
                          + figure_html(os.path.join(run_dir, "elbo.png"), CAPTIONS["elbo.png"])))
-    sections.append(("Evaluation: log p(x) per test image",
-                     table_html(estimate_rows(summaries), ESTIMATE_COLUMNS)
-                     + '<p class="note">Monte Carlo s.e.: the error of the mean estimate; s.e. '
-                     "over data: the spread of the per-image values. ESS: effective sample size "
-                     "of the importance weights. k-hat &gt; 0.7: Pareto diagnostic saying an "
-                     "estimate cannot be trusted.</p>"))
+    sections.append(("Evaluation: log p(x) per test image", render(summaries, style="html")
+                     + note("MC s.e.: the Monte Carlo error of the mean estimate; data s.e.: the "
+                            "spread of the per-image values. ESS: effective sample size of the "
+                            "importance weights. k-hat > 0.7: the Pareto diagnostic says the "
+                            "estimate cannot be trusted.")))
     sections.append(("The generative story, in pictures", "".join(
         figure_html(os.path.join(out, name), CAPTIONS[name]) for name in FIGURES)))
     facts_rows = [{"key": key, "value": value} for key, value in facts.items()
                   if isinstance(value, (int, float, str))]
-    sections.append(("Numbers behind the figures",
-                     table_html(facts_rows, [("key", "quantity"), ("value", "value")])))
-    sections.append(("Configuration", config_html(config)))
+    sections.append(("Numbers behind the figures", render(facts_rows, SETTING_COLUMNS, "html")))
+    sections.append(("Configuration", settings_html(config.to_dict())))
     text = page(f"VAE run report: {os.path.basename(os.path.normpath(run_path))}", sections)
     atomic_write_text(os.path.join(out, "report.html"), text)
 
 
-def main(args):
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    device = resolve_device(args.device)
-    model, guide, dataset, config, path = load_run(args.run, device, args.data_dir)
+def _main(args):
+    cli.check_positive(args, "num_data", "num_prior_samples", "num_samples", "eval_data",
+                       "ais_steps")
+    opened = cli.open_run(args)
+    model, guide, dataset = opened.model, opened.guide, opened.dataset
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
     out = args.out or run_dir
     os.makedirs(out, exist_ok=True)
-    image_shape = config.get("image_shape")
-    test = dataset.split("test").data()
+    image_shape = story.image_shape_of(model, opened.config.model.image_shape)
+    test, test_labels = dataset.select("test")
     if not 0 <= args.index < test.shape[0]:
-        raise ValueError(f"--index must lie in 0..{test.shape[0] - 1}, got {args.index}")
+        raise ConfigError(f"--index must lie in 0..{test.shape[0] - 1}, got {args.index}")
     x_one = test[args.index:args.index + 1]
-    label = int(dataset.split("test").labels[args.index])
+    label = int(test_labels[args.index])
     z = args.z if args.z is not None else ([0.1, 0.5] + [0.0] * (model.z_dim - 2)
                                            if model.z_dim >= 2 else [0.1])
     if len(z) != model.z_dim:
-        raise ValueError(f"--z needs {model.z_dim} comma-separated values (z_dim = "
-                         f"{model.z_dim}), got {len(z)}")
-    x_map, labels = select(dataset, "test", args.num_data)
-    facts = {"run": path, "z_dim": model.z_dim, "index": args.index, "label": label,
+        raise ConfigError(f"--z needs {model.z_dim} comma-separated values (z_dim = "
+                          f"{model.z_dim}), got {len(z)}")
+    x_map, labels = dataset.select("test", args.num_data)
+    facts = {"run": opened.path, "z_dim": model.z_dim, "index": args.index, "label": label,
              "blueprint_z": ",".join(f"{value:g}" for value in z)}
+    seed = args.seed or 0
 
-    ks = [k for k in args.convergence_k]
-    steps = 7 + len(ks) * 3 + 2
-    progress = tqdm(total=steps, desc="exploring", unit="step", disable=args.no_progress,
-                    dynamic_ncols=True)
+    ks = list(args.convergence_k)
+    progress = tqdm(total=8 + len(ks) * 3, desc="exploring", unit="step",
+                    disable=args.no_progress, dynamic_ncols=True)
 
-    def step(name):
-        progress.set_postfix_str(name)
+    def step(name=None):
+        if name:
+            progress.set_postfix_str(name)
         progress.update()
 
     target = os.path.join
-    result = figures.latent_map(model, guide, x_map, labels, target(out, "latent_map.png"))
-    facts["latent_map_method"] = result["method"]
-    facts.update(figures.nearest_labels(figures.encoder_means(guide, x_map).cpu(), labels,
-                                        torch.tensor(z, dtype=torch.float32)))
+    view = story.latent_map(guide, x_map, labels)
+    figures.latent_map(view, target(out, "latent_map.png"))
+    facts["latent_map_method"] = view["method"]
+    facts.update(story.nearest_labels(story.encoder_means(guide, x_map).cpu(), labels,
+                                      torch.tensor(z, dtype=torch.float32)))
     step("latent map")
-    figures.manifold(model, target(out, "manifold.png"), directions=args.directions,
-                     image_shape=image_shape)
+    grid = story.latent_grid(model, directions=args.directions, image_shape=image_shape)
+    figures.manifold(grid, target(out, "manifold.png"))
+    facts["manifold_grid"] = grid["description"]
     step("manifold")
-    figures.blueprint(model, z, target(out, "blueprint.png"), image_shape=image_shape)
+    figures.blueprint(story.blueprint(model, z, image_shape=image_shape),
+                      target(out, "blueprint.png"))
     step("blueprint")
-    pyro.set_rng_seed(args.seed)
-    result = figures.posterior(model, guide, x_one, target(out, "posterior.png"),
-                               num_prior_samples=args.num_prior_samples)
-    facts.update(prior_ess=result["prior_ess"], prior_weight_share=result["prior_weight_share"],
-                 num_prior_samples=result["num_prior_samples"])
-    if "posterior_mean" in result:
-        facts.update(posterior_mean=", ".join(f"{v:.3f}" for v in result["posterior_mean"]),
-                     posterior_sd=", ".join(f"{v:.3f}" for v in result["posterior_sd"]))
-    with torch.no_grad():
-        q = guide.distribution(x_one)
-        guide_draws = q.sample((4000,))[:, 0]
+    pyro.set_rng_seed(seed)
+    view = story.posterior_view(model, guide, x_one, num_prior_samples=args.num_prior_samples)
+    figures.posterior(view, target(out, "posterior.png"))
+    facts.update(prior_ess=view["prior_ess"], prior_weight_share=view["prior_weight_share"],
+                 num_prior_samples=view["num_prior_samples"])
+    if "posterior_mean" in view:
+        facts.update(posterior_mean=", ".join(f"{v:.3f}" for v in view["posterior_mean"]),
+                     posterior_sd=", ".join(f"{v:.3f}" for v in view["posterior_sd"]))
+    guide_draws = view["guide_z"]
     facts.update(guide_mean=", ".join(f"{v:.3f}" for v in guide_draws.mean(0)[:4]),
                  guide_sd=", ".join(f"{v:.3f}" for v in guide_draws.std(0)[:4]))
     step("posterior")
-    reference = reference_value(model, x_one, progress)
+    reference = reference_value(model, x_one)
     if reference is not None:
         facts[f"log_px_{reference[0]}"] = reference[1]
     step("reference")
-    pyro.set_rng_seed(args.seed)
-    curves = figures.convergence(model, guide, x_one, target(out, "convergence.png"),
-                                 num_samples=ks, ais_steps=args.ais_steps, reference=reference,
-                                 progress=progress)
+    pyro.set_rng_seed(seed)
+    curves = convergence_curves(model, guide, x_one, ks, ("prior", "importance", "ais"),
+                                {"ais_steps": args.ais_steps, "ais_leapfrog": AIS_LEAPFROG},
+                                max_chains=MAX_AIS_CHAINS, progress=step)
+    figures.convergence(curves, target(out, "convergence.png"), reference, args.ais_steps)
     for name, points in curves.items():
         for k, value, stderr in points:
             facts[f"{name}_K{k}"] = value
             facts[f"{name}_K{k}_stderr"] = stderr
-    figures.reconstructions(model, guide, test[:10], target(out, "reconstructions.png"),
-                            image_shape=image_shape)
+    figures.reconstructions(test[:10], story.reconstructions(model, guide, test[:10]),
+                            image_shape, target(out, "reconstructions.png"))
     step("reconstructions")
-    pyro.set_rng_seed(args.seed)
-    figures.samples(model, target(out, "samples.png"), image_shape=image_shape)
+    pyro.set_rng_seed(seed)
+    figures.samples(story.samples(model), image_shape, target(out, "samples.png"))
     step("samples")
-    summaries = evaluation_summaries(args, model, guide, dataset)
+    summaries = evaluation_summaries(args, opened)
     step("evaluation")
     progress.close()
     atomic_write_json(target(out, "explore.json"), {"facts": facts, "estimators": summaries,
                                                     "curves": curves})
-    write_report(out, path, config, summaries, facts, run_dir)
+    write_report(out, opened.path, opened.config, summaries, facts, run_dir)
     print(f"prior draws carrying the weight for test image {args.index} (a {label}): effective "
           f"{facts['prior_ess']:.1f} of {facts['num_prior_samples']}")
     files = [name for name in FIGURES + ("explore.json", "report.html")
@@ -195,39 +195,41 @@ def main(args):
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(
-        description="Figures of a trained run's generative story and a self-contained report.",
-        formatter_class=HelpFormatter)
+    parser = cli.make_parser(
+        "Figures of a trained run's generative story and a self-contained report.", __file__)
     parser.add_argument("run", help="a run folder (its best.pt is used) or a checkpoint file")
-    parser.add_argument("--out", default=None, help="folder for the files (default: the run)")
-    parser.add_argument("--z", type=comma_list(float), default=None,
-                        help="the blueprint z, comma-separated (default 0.1,0.5, then zeros)")
-    parser.add_argument("--index", type=int, default=0,
-                        help="the test image whose posterior and convergence are shown")
-    parser.add_argument("--directions", type=comma_list(int), default=[0, 1],
-                        help="the two latent dimensions the manifold varies (others at 0)")
-    parser.add_argument("--num-data", type=int, default=5000,
-                        help="test images in the latent map")
-    parser.add_argument("--num-prior-samples", type=int, default=1000,
-                        help="naive draws z ~ p(z) shown in the posterior figure")
-    parser.add_argument("--convergence-k", type=comma_list(int), default=[1, 10, 100, 1000, 10000],
-                        help="values of K in the convergence figure")
-    parser.add_argument("--ais-steps", type=int, default=200, help="annealing steps of ais")
-    parser.add_argument("--estimator", type=comma_list(str), default=None,
-                        help="estimators of the report's table (default elbo,importance,prior)")
-    parser.add_argument("--num-samples", type=int, default=1000,
-                        help="K of the report's evaluation table")
-    parser.add_argument("--eval-data", type=int, default=500,
-                        help="test images in the report's evaluation table")
-    parser.add_argument("--evaluation", default=None,
-                        help="take the table from this evaluate.py JSON instead")
-    parser.add_argument("--data-dir", default=None,
-                        help="override the data folder stored in the run's config")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = parser.add_argument_group("figures")
+    group.add_argument("--out", default=None, help="folder for the files (default: the run)")
+    group.add_argument("--z", type=comma_list(float), default=None,
+                       help="the blueprint z, comma-separated (default 0.1,0.5, then zeros)")
+    group.add_argument("--index", type=int, default=0,
+                       help="the test image whose posterior and convergence are shown")
+    group.add_argument("--directions", type=comma_list(int), default=[0, 1],
+                       help="the two latent dimensions the manifold varies (others at the "
+                       "prior's median)")
+    group.add_argument("--num-data", type=int, default=2000,
+                       help="test images in the latent map")
+    group.add_argument("--num-prior-samples", type=int, default=1000,
+                       help="naive draws z ~ p(z) shown in the posterior figure")
+    group.add_argument("--convergence-k", type=comma_list(int), default=[1, 10, 100, 1000, 10000],
+                       help="values of K in the convergence figure")
+    group.add_argument("--ais-steps", type=int, default=100,
+                       help="annealing steps of ais in the convergence figure (and the table)")
+    table = parser.add_argument_group("evaluation table")
+    table.add_argument("--estimator", type=comma_list(str), default=None,
+                       help="estimators of the report's table (default elbo,importance,prior)")
+    table.add_argument("--num-samples", type=int, default=1000,
+                       help="K of the report's evaluation table")
+    table.add_argument("--eval-data", type=int, default=200,
+                       help="test images in the report's evaluation table")
+    table.add_argument("--evaluation", default=None,
+                       help="take the table from this evaluate.py JSON instead")
+    cli.add_opened_run_flags(parser)
     return parser
 
 
+main = entry_point(_main, make_parser)
+
+
 if __name__ == "__main__":
-    run(main, make_parser())
+    main()

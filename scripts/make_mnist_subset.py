@@ -8,16 +8,16 @@ every source file. Run it from the project root::
     python scripts/make_mnist_subset.py --data-dir data
 """
 
-import argparse
 import hashlib
 import io
 import os
 
 import numpy as np
 
-from inference.cli import HelpFormatter, run
+from evaluation.reporting import cli
 from inference.data import MNIST_FILES, default_data_dir, read_mnist
-from inference.io import atomic_write_bytes
+from models.base.cli import entry_point
+from models.base.io import atomic_write_bytes
 
 DEFAULT_OUT = os.path.join("inference", "assets", "mnist_subset.npz")
 
@@ -30,7 +30,7 @@ def md5(path):
     return digest.hexdigest()
 
 
-def main(args):
+def _main(args):
     args.data_dir = args.data_dir or default_data_dir()
     train_images, train_labels, test_images, test_labels = read_mnist(args.data_dir)
     raw = os.path.join(args.data_dir, "MNIST", "raw")
@@ -55,17 +55,19 @@ def main(args):
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--data-dir", default=None,
-                        help="folder holding MNIST/raw/ (default: $VAE_DATA_DIR, else ./data)")
-    parser.add_argument("--num-train", type=int, default=2000,
-                        help="how many of the first training images to keep")
-    parser.add_argument("--num-test", type=int, default=500,
-                        help="how many of the first test images to keep")
-    parser.add_argument("--out", default=DEFAULT_OUT, help="the .npz file to write")
+    parser = cli.make_parser(__doc__.splitlines()[0], __file__)
+    cli.add_data_flags(parser, source=False)
+    group = parser.add_argument_group("subset")
+    group.add_argument("--num-train", type=int, default=2000,
+                       help="how many of the first training images to keep")
+    group.add_argument("--num-test", type=int, default=500,
+                       help="how many of the first test images to keep")
+    group.add_argument("--out", default=DEFAULT_OUT, help="the .npz file to write")
     return parser
 
 
+main = entry_point(_main, make_parser)
+
+
 if __name__ == "__main__":
-    run(main, make_parser())
+    main()

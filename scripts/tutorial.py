@@ -10,28 +10,32 @@ then copies the figures into ``--docs``/figures (re-encoded with a 64-colour pal
 they stay small) and fills in the tutorial's text.
 """
 
-import argparse
+import importlib.util
 import json
 import os
-import subprocess
-import sys
 
-from inference.cli import HelpFormatter, comma_list, run
-from inference.io import atomic_write_bytes, atomic_write_text
+from evaluation.reporting import cli
+from evaluation.reporting.tables import columns, render
+from models.base.cli import comma_list, entry_point
+from models.base.io import atomic_write_bytes, atomic_write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIGURES = ("manifold", "latent_map", "blueprint", "posterior", "convergence", "samples",
            "reconstructions")
+TABLE = columns("estimator", "num_samples", "num_data", "log_px_mean", "log_px_stderr",
+                "ess_mean", "khat_frac_above_0_7")
 
 
 def script(name, *args):
-    """Run one of the project's scripts; a failure becomes one clear error."""
-    command = [sys.executable, os.path.join(HERE, name), *map(str, args)]
-    print(f"$ python scripts/{name} {' '.join(map(str, args))}", flush=True)
-    result = subprocess.run(command, stderr=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise ValueError(f"scripts/{name} failed: {last}")
+    """Run one of the project's scripts in this process; a failure (which the script reports
+    in one line) stops the tutorial."""
+    argv = [str(arg) for arg in args]
+    print(f"$ python scripts/{name} {' '.join(argv)}", flush=True)
+    spec = importlib.util.spec_from_file_location(f"vae_script_{name[:-3]}",
+                                                  os.path.join(HERE, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
 
 
 def small_png(source, target, colours=64):
@@ -156,22 +160,8 @@ def tutorial_text(facts, summary, estimators, commands, figure_dir):
         "",
         "Over test images (the report's table):",
         "",
-        "| estimator | K | images | mean log p-hat(x) | Monte Carlo s.e. | ESS "
-        "| share k-hat > 0.7 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name in ("elbo", "importance", "prior"):
-        if name in by_name:
-            row = by_name[name]
-            flagged = row.get("khat_frac_above_0_7")
-            flagged = "" if flagged is None or flagged != flagged else f"{100 * flagged:.0f}%"
-            ess = row.get("ess_mean")
-            ess = "" if ess is None or ess != ess else f"{ess:.1f}"
-            lines.append(f"| {name} | {row['num_samples']} | {row['num_data']} | "
-                         f"{fmt(row['log_px_mean'])} | {fmt(row['log_px_stderr'], 3)} | {ess} | "
-                         f"{flagged} |")
-    lines += [
-        "",
+        render([by_name[name] for name in ("elbo", "importance", "prior") if name in by_name],
+               TABLE, "markdown"),
         comparison_sentence(by_name),
         "",
         "## 5. The story run forwards",
@@ -216,7 +206,7 @@ def comparison_sentence(by_name):
     return text
 
 
-def main(args):
+def _main(args):
     run_dir = args.run
     defaults = make_parser()
     command = "python scripts/tutorial.py" + (" --data-dir ../data" if args.data_dir else "")
@@ -225,26 +215,17 @@ def main(args):
         if value != defaults.get_default(flag.lstrip("-").replace("-", "_")):
             command += f" {flag} {value}"
     commands = [command]
+    shared = [item for name in ("seed", "device", "data_dir") if getattr(args, name) is not None
+              for item in (cli.flag(name), getattr(args, name))]
+    shared += ["--no-progress"] if args.no_progress else []
     if os.path.isfile(os.path.join(run_dir, "summary.json")):
         print(f"{run_dir} holds a finished run; using it (delete it to retrain)")
     else:
-        train = ["--dataset", args.dataset, "--z-dim", 2, "--num-epochs", args.num_epochs,
-                 "--out", run_dir, "--seed", args.seed, "--device", args.device,
-                 "--resume"]
-        if args.data_dir:
-            train += ["--data-dir", args.data_dir]
-        if args.no_progress:
-            train.append("--no-progress")
-        script("train.py", *train)
-    explore = ["--index", args.index, "--z", ",".join(map(str, args.z)), "--seed", args.seed,
-               "--device", args.device, "--convergence-k",
-               ",".join(map(str, args.convergence_k)), "--eval-data", args.eval_data,
-               "--num-samples", args.num_samples]
-    if args.data_dir:
-        explore += ["--data-dir", args.data_dir]
-    if args.no_progress:
-        explore.append("--no-progress")
-    script("explore.py", run_dir, *explore)
+        script("train.py", "--dataset", args.dataset, "--z-dim", 2, "--num-epochs",
+               args.num_epochs, "--out", run_dir, "--resume", *shared)
+    script("explore.py", run_dir, "--index", args.index, "--z", ",".join(map(str, args.z)),
+           "--convergence-k", ",".join(map(str, args.convergence_k)), "--eval-data",
+           args.eval_data, "--num-samples", args.num_samples, "--ais-steps", 200, *shared)
 
     figure_dir = os.path.join(args.docs, "figures")
     os.makedirs(figure_dir, exist_ok=True)
@@ -265,12 +246,9 @@ def main(args):
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(
-        description="Train a 2-D-latent VAE, draw its figures and write docs/tutorial.md.",
-        formatter_class=HelpFormatter)
+    parser = cli.make_parser(
+        "Train a 2-D-latent VAE, draw its figures and write docs/tutorial.md.", __file__)
     parser.add_argument("--dataset", default="mnist", choices=("mnist", "mnist-subset"))
-    parser.add_argument("--data-dir", default=None,
-                        help="folder holding MNIST/raw/ (default: $VAE_DATA_DIR, else ./data)")
     parser.add_argument("--num-epochs", type=int, default=10)
     parser.add_argument("--run", default=os.path.join("runs", "tutorial-z2"),
                         help="run folder (reused when it holds a finished run)")
@@ -284,11 +262,12 @@ def make_parser():
                         help="test images in the evaluation table")
     parser.add_argument("--num-samples", type=int, default=1000,
                         help="K of the evaluation table")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_opened_run_flags(parser)
     return parser
 
 
+main = entry_point(_main, make_parser)
+
+
 if __name__ == "__main__":
-    run(main, make_parser())
+    main()

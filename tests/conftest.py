@@ -1,8 +1,21 @@
+import importlib.util
+import os
+import sys
+
 import pyro
 import pytest
 import torch
 
+from inference.build import resolve
 from inference.training import forget_stale_params
+from models.base.config import RunConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data")
+_DATA_KEYS = {"dataset", "data_dir", "download", "binarize", "num_validation",
+              "synthetic_z_dim", "synthetic_x_dim", "synthetic_num_train", "synthetic_seed",
+              "synthetic_prior"}
+_TRAINING_KEYS = {"num_epochs", "batch_size", "learning_rate", "kl_warmup_epochs", "jit"}
 
 
 @pytest.fixture(autouse=True)
@@ -25,14 +38,67 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def small_config(**overrides):
-    """The configuration of a small VAE for tests (plain dict, as a run would store it)."""
-    config = {
-        "dataset": "synthetic", "binarize": "none", "prior": "standard",
-        "likelihood": "bernoulli", "sigma": 0.1, "guide": "diagonal", "architecture": "mlp",
-        "z_dim": 2, "x_dim": 50, "hidden_dims": [32], "activation": "relu",
-        "num_epochs": 2, "batch_size": 100, "learning_rate": 1e-2, "jit": False,
-        "device": "cpu", "seed": 0, "synthetic_num_train": 1000,
+def small_config(*, prior="standard", prior_options=None, likelihood="bernoulli",
+                 likelihood_options=None, guide="diagonal", guide_options=None,
+                 architecture="mlp", hidden_dims=(32,), activation="relu", z_dim=2, x_dim=50,
+                 image_shape=None, objective="elbo", objective_options=None, seed=0, **other):
+    """The resolved RunConfig of a small VAE on synthetic data, for tests. Data and training
+    settings are passed by their field names (``num_epochs=3``, ``synthetic_prior=...``)."""
+    unknown = set(other) - _DATA_KEYS - _TRAINING_KEYS
+    assert not unknown, f"small_config does not know {unknown}"
+    data = {"dataset": "synthetic", "synthetic_num_train": 1000,
+            **{key: value for key, value in other.items() if key in _DATA_KEYS}}
+    training = {"num_epochs": 2, "batch_size": 100, "learning_rate": 1e-2,
+                "objective": {"name": objective, "options": objective_options or {}},
+                **{key: value for key, value in other.items() if key in _TRAINING_KEYS}}
+    model = {
+        "z_dim": z_dim, "x_dim": x_dim, "image_shape": image_shape,
+        "architecture": {"name": architecture,
+                         "options": {"hidden_dims": list(hidden_dims), "activation": activation}},
+        "prior": {"name": prior, "options": prior_options or {}},
+        "likelihood": {"name": likelihood, "options": likelihood_options or {}},
+        "guide": {"name": guide, "options": guide_options or {}},
     }
-    config.update(overrides)
-    return config
+    return resolve(RunConfig.from_dict({"data": data, "model": model, "training": training,
+                                        "seed": seed, "device": "cpu"}))
+
+
+def load_script(name):
+    """A script of scripts/ imported as a module (its ``main(argv)`` runs it in this process)."""
+    module_name = f"vae_script_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            module_name, os.path.join(ROOT, "scripts", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[module_name] = module
+    return sys.modules[module_name]
+
+
+def run_main(name, *args):
+    """Run ``scripts/<name>.py`` in this process with ``args``; returns what its main returns."""
+    return load_script(name).main([str(arg) for arg in args])
+
+
+def refused(capsys, name, *args):
+    """Run a script that must refuse its input: it exits with status 2 and one line on stderr,
+    which is returned."""
+    os.environ.pop("VAE_TRACEBACK", None)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(name, *args)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
+    return lines[0]
+
+
+#: a tiny model on the shipped subset, one epoch
+SMALL = ["--dataset", "mnist-subset", "--num-epochs", "1", "--z-dim", "4", "--hidden-dims", "32",
+         "--batch-size", "200", "--no-progress", "--device", "cpu"]
+
+
+def small_args(z_dim=4):
+    args = list(SMALL)
+    args[args.index("--z-dim") + 1] = str(z_dim)
+    return args

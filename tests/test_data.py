@@ -8,10 +8,11 @@ import torch
 
 from inference.data import (FIXED_BINARIZATION_SEEDS, MNIST_FILES, SUBSET_PATH, DataError,
                             default_data_dir, load_dataset, read_mnist)
+from models.base.config import DataConfig, RunConfig
 
 
-def subset(binarize="dynamic", **config):
-    return load_dataset({"dataset": "mnist-subset", "binarize": binarize, **config})
+def subset(binarize="dynamic", **settings):
+    return load_dataset(DataConfig(dataset="mnist-subset", binarize=binarize, **settings))
 
 
 def test_subset_is_small_and_documents_its_provenance():
@@ -83,7 +84,7 @@ def test_missing_data_folder_names_the_four_files(tmp_path):
                        r"train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"):
         read_mnist(str(tmp_path))
     with pytest.raises(DataError, match=r"--data-dir \(or set VAE_DATA_DIR\)"):
-        load_dataset({"dataset": "mnist", "data_dir": str(tmp_path / "nowhere")})
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path / "nowhere")))
 
 
 def test_default_data_dir_follows_environment(monkeypatch):
@@ -95,7 +96,7 @@ def test_default_data_dir_follows_environment(monkeypatch):
 
 def test_unknown_dataset_and_binarization_are_rejected():
     with pytest.raises(DataError, match=r"unknown dataset 'cifar'; valid datasets: mnist, "):
-        load_dataset({"dataset": "cifar"})
+        load_dataset(DataConfig(dataset="cifar"))
     with pytest.raises(DataError, match=r"unknown binarization 'half'; valid: dynamic"):
         subset("half")
     with pytest.raises(DataError, match=r"--num-validation must be between 1 and 1999"):
@@ -103,8 +104,8 @@ def test_unknown_dataset_and_binarization_are_rejected():
 
 
 def test_synthetic_data_come_with_their_true_story():
-    config = {"dataset": "synthetic", "synthetic_num_train": 300, "synthetic_z_dim": 2,
-              "synthetic_x_dim": 20}
+    config = DataConfig(dataset="synthetic", synthetic_num_train=300, synthetic_z_dim=2,
+                        synthetic_x_dim=20)
     first, second = load_dataset(config), load_dataset(config)
     assert torch.equal(first.train.data(), second.train.data())
     assert first.train.latents.shape == (300, 2)
@@ -117,13 +118,14 @@ def test_synthetic_data_come_with_their_true_story():
     log_lik = first.true_model.likelihood(first.true_model.decoder(z)).log_prob(x).mean()
     shuffled = first.true_model.likelihood(first.true_model.decoder(z[torch.randperm(len(z))]))
     assert log_lik > shuffled.log_prob(x).mean() + 2.0
-    other = load_dataset({**config, "synthetic_seed": 1})
+    other = load_dataset(DataConfig(**{**config.to_dict(), "synthetic_seed": 1}))
     assert not torch.equal(other.train.data(), first.train.data())
 
 
 def test_synthetic_gaussian_data_use_sigma():
-    dataset = load_dataset({"dataset": "synthetic", "likelihood": "gaussian", "sigma": 0.05,
-                            "synthetic_num_train": 100})
+    dataset = load_dataset(RunConfig.from_dict({
+        "data": {"dataset": "synthetic", "synthetic_num_train": 100},
+        "model": {"likelihood": {"name": "gaussian", "options": {"sigma": 0.05}}}}))
     x, z = dataset.test.data(), dataset.test.latents
     residual = x - dataset.true_model.decoder(z)
     assert residual.std().item() == pytest.approx(0.05, rel=0.05)

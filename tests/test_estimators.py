@@ -13,19 +13,22 @@ from pyro.optim import Adam
 from evaluation.ais import bdmc
 from evaluation.estimators import ESTIMATORS, estimate
 from evaluation.log_density import LatentLogDensity
-from evaluation.log_weights import log_importance_weights, log_joint
+from conftest import small_config
 from evaluation.quadrature import quadrature_log_marginal
 from inference.build import build
 from inference.data import load_dataset
 from inference.guides import DiagonalGaussianGuide, ExactPosteriorGuide, Guide
+from inference.log_weights import log_importance_weights, log_joint
 from models import build_model
+from models.base.config import DataConfig
 from models.linear_gaussian import log_marginal, posterior
 
 
 def linear_gaussian(z_dim=2, x_dim=10, sigma=0.5, weight_scale=2.0, seed=0):
     torch.manual_seed(seed)
-    model = build_model({"z_dim": z_dim, "x_dim": x_dim, "hidden_dims": [],
-                         "architecture": "linear", "likelihood": "gaussian", "sigma": sigma})
+    model = build_model(small_config(z_dim=z_dim, x_dim=x_dim, hidden_dims=[],
+                                     architecture="linear", likelihood="gaussian",
+                                     likelihood_options={"sigma": sigma}))
     with torch.no_grad():
         model.decoder.weight.copy_(weight_scale * torch.randn(x_dim, z_dim) / math.sqrt(z_dim))
         model.decoder.bias.copy_(torch.randn(x_dim))
@@ -73,7 +76,7 @@ def test_exact_matches_direct_multivariate_normal(ppca):
 
 
 def test_exact_refuses_nonlinear_models():
-    model, guide = build({"z_dim": 2, "x_dim": 10, "hidden_dims": [8]})
+    model, guide = build(small_config(z_dim=2, x_dim=10, hidden_dims=[8]))
     with pytest.raises(ValueError, match="the exact log p\\(x\\) needs a linear-Gaussian model"):
         estimate("exact", model, guide, torch.zeros(3, 10), None)
 
@@ -148,8 +151,8 @@ def test_bdmc_sandwiches_the_exact_value():
 def nonlinear():
     """The true story of the synthetic data and a guide trained on its data by SVI."""
     pyro.set_rng_seed(0)
-    dataset = load_dataset({"dataset": "synthetic", "synthetic_num_train": 1000,
-                            "synthetic_z_dim": 2, "synthetic_x_dim": 30})
+    dataset = load_dataset(DataConfig(dataset="synthetic", synthetic_num_train=1000,
+                                      synthetic_z_dim=2, synthetic_x_dim=30))
     model = dataset.true_model
     guide = DiagonalGaussianGuide(30, 2, [64])
     pyro.clear_param_store()
@@ -195,7 +198,8 @@ def test_same_seed_gives_the_same_numbers(nonlinear):
     for store in (first, second):
         for name in ("importance", "prior", "mixture", "ais"):
             pyro.set_rng_seed(7)
-            store.append(estimate(name, model, guide, x[:4], 20, ais_steps=10).estimate)
+            options = {"ais_steps": 10} if name == "ais" else {}
+            store.append(estimate(name, model, guide, x[:4], 20, **options).estimate)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -213,7 +217,7 @@ class RecordingGuide(DiagonalGaussianGuide):
 
 
 def test_vectorized_log_weights_match_hand_written_torch():
-    model, _ = build({"z_dim": 3, "x_dim": 20, "hidden_dims": [16]})
+    model, _ = build(small_config(z_dim=3, x_dim=20, hidden_dims=[16]))
     guide = RecordingGuide(20, 3, [16])
     x = torch.bernoulli(torch.full((6, 20), 0.4))
     log_weights = log_importance_weights(model, guide, x, 4)
@@ -238,7 +242,7 @@ class DeltaGuide(DiagonalGaussianGuide):
 
 @pytest.mark.parametrize("budget", [1, 5, 7, 40, 10 ** 6])
 def test_chunking_does_not_change_results(budget):
-    model, _ = build({"z_dim": 2, "x_dim": 20, "hidden_dims": [16]})
+    model, _ = build(small_config(z_dim=2, x_dim=20, hidden_dims=[16]))
     guide = DeltaGuide(20, 2, [16])
     x = torch.bernoulli(torch.full((9, 20), 0.4))
     whole = log_importance_weights(model, guide, x, 6, max_batch_elements=10 ** 6)
@@ -249,7 +253,7 @@ def test_chunking_does_not_change_results(budget):
 
 
 def test_quadrature_chunking_does_not_change_results():
-    model, _ = build({"z_dim": 2, "x_dim": 20, "hidden_dims": [16]})
+    model, _ = build(small_config(z_dim=2, x_dim=20, hidden_dims=[16]))
     x = torch.bernoulli(torch.full((3, 20), 0.4))
     assert torch.allclose(
         quadrature_log_marginal(model, x, max_batch_elements=10 ** 6)[0],
@@ -257,7 +261,7 @@ def test_quadrature_chunking_does_not_change_results():
 
 
 def test_model_parts_and_pyro_trace_give_the_same_log_density():
-    model, _ = build({"z_dim": 2, "x_dim": 20, "hidden_dims": [16]})
+    model, _ = build(small_config(z_dim=2, x_dim=20, hidden_dims=[16]))
     x = torch.bernoulli(torch.full((5, 20), 0.4))
     z = torch.randn(3, 5, 2)
     direct = LatentLogDensity(model, x)(z)
@@ -271,7 +275,7 @@ def test_model_parts_and_pyro_trace_give_the_same_log_density():
 
 
 def test_prior_draws_through_the_trace_follow_the_prior():
-    model, _ = build({"z_dim": 2, "x_dim": 20, "hidden_dims": [16]})
+    model, _ = build(small_config(z_dim=2, x_dim=20, hidden_dims=[16]))
     x = torch.bernoulli(torch.full((4, 20), 0.4))
     z = LatentLogDensity(model, x, use_model_parts=False).sample_prior(5000)
     assert z.shape == (5000, 4, 2)
@@ -298,6 +302,9 @@ def test_bad_inputs_get_clear_errors(ppca):
         estimate("mixture", model, guide, x, 10, mixture_weight=1.5)
     with pytest.raises(ValueError, match="unknown AIS schedule 'cosine'"):
         estimate("ais", model, guide, x, 2, ais_schedule="cosine")
+    with pytest.raises(ValueError, match="the importance estimator has no option 'ais_steps'; "
+                       "its options: max_batch_elements"):
+        estimate("importance", model, guide, x, 10, ais_steps=10)
     big = linear_gaussian(z_dim=3)
     with pytest.raises(ValueError, match="quadrature integrates over at most 2 latent "
                        "dimensions but this model has z_dim=3"):

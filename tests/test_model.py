@@ -12,7 +12,7 @@ from pyro.infer import Trace_ELBO
 
 from conftest import small_config
 from inference.build import build
-from models import LIKELIHOODS, PRIORS, ConfigError, build_model, lookup
+from models import LIKELIHOODS, PRIORS, ConfigError, build_model
 
 
 def make(likelihood="bernoulli", **overrides):
@@ -74,7 +74,7 @@ def test_elbo_matches_hand_written_torch(likelihood):
 
 
 def test_per_datapoint_log_joint_matches_hand_written_torch():
-    from evaluation.log_weights import log_joint
+    from inference.log_weights import log_joint
 
     model, guide = make()
     x = binary_data(7)
@@ -195,15 +195,17 @@ def test_guide_needs_data():
 
 def test_gaussian_likelihood_needs_positive_sigma():
     with pytest.raises(ValueError, match="sigma > 0"):
-        build_model(small_config(likelihood="gaussian", sigma=0.0))
+        build_model(small_config(likelihood="gaussian", likelihood_options={"sigma": 0.0}))
 
 
 def test_unknown_component_names_list_the_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown prior 'gamma'.*standard"):
-        lookup(PRIORS, "gamma", "prior")
-    with pytest.raises(ConfigError, match=r"bernoulli, gaussian"):
+        PRIORS.get("gamma")
+    with pytest.raises(ConfigError, match=r"unknown prior 'mg' \(did you mean 'mog'\?\)"):
+        PRIORS.get("mg")
+    with pytest.raises(ConfigError, match=r"bernoulli, continuous-bernoulli, gaussian"):
         build_model(small_config(likelihood="poisson"))
-    assert lookup(LIKELIHOODS, "gaussian", "likelihood") is LIKELIHOODS["gaussian"]
+    assert LIKELIHOODS.get("gaussian") is LIKELIHOODS["gaussian"]
 
 
 def test_guide_distribution_is_a_diagonal_gaussian():

@@ -13,16 +13,17 @@ from inference.build import build
 from inference.checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, restore,
                                   save_checkpoint)
 from inference.data import load_dataset
-from inference.training import fit, mean_elbo, resolve_device, write_metrics
+from inference.training import fit, mean_elbo, write_metrics
+from models.base.config import ConfigError
+from models.base.device import resolve_device
 
-RUN_FILES = {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "elbo.png", "summary.json"}
+RUN_FILES = {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "summary.json"}
 
 
 def train(config, out_dir, checkpoint=None, device="cpu"):
     if checkpoint is None:
-        pyro.set_rng_seed(config["seed"])
+        pyro.set_rng_seed(config.seed)
     dataset = load_dataset(config, device)
-    config = {**config, "x_dim": dataset.x_dim}
     model, guide = build(config)
     model, guide = model.to(device), guide.to(device)
     if checkpoint is not None:
@@ -37,7 +38,7 @@ def test_training_on_synthetic_data_improves_the_elbo(tmp_path):
     config = small_config(num_epochs=6)
     pyro.set_rng_seed(0)
     dataset = load_dataset(config)
-    model, guide = build({**config, "x_dim": dataset.x_dim})
+    model, guide = build(config)
     before = mean_elbo(model, guide, dataset.split("test"))
     model, guide, dataset, summary = train(config, tmp_path)
     after = mean_elbo(model, guide, dataset.split("test"))
@@ -51,7 +52,7 @@ def test_training_on_synthetic_data_improves_the_elbo(tmp_path):
     assert set(rows[0]) == {"epoch", "train_elbo", "validation_elbo", "kl_weight", "seconds"}
     assert float(rows[-1]["validation_elbo"]) > float(rows[0]["validation_elbo"])
     with open(tmp_path / "config.json") as f:
-        assert json.load(f)["z_dim"] == 2
+        assert json.load(f)["model"]["z_dim"] == 2
 
 
 def test_metrics_of_a_history_from_before_kl_warmup_record_a_weight_of_one(tmp_path):
@@ -88,7 +89,7 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path):
     config = small_config(num_epochs=3)
     straight, _, _, straight_summary = train(config, tmp_path / "straight")
 
-    train({**config, "num_epochs": 1}, tmp_path / "split")
+    train(config.updated({"training.num_epochs": 1}), tmp_path / "split")
     checkpoint = load_checkpoint(str(tmp_path / "split" / LAST))
     assert checkpoint["epoch"] == 1
     pyro.clear_param_store()
@@ -144,7 +145,7 @@ def test_truncated_checkpoint_gets_a_clear_error(tmp_path):
 def test_mismatched_checkpoint_gets_a_clear_error(tmp_path):
     config = small_config(x_dim=50)
     model, guide = build(config)
-    save_checkpoint(str(tmp_path / BEST), config={**config, "z_dim": 3}, model=model,
+    save_checkpoint(str(tmp_path / BEST), config=config.updated({"model.z_dim": 3}), model=model,
                     guide=guide, optimizer=None, epoch=1, metrics=[], best={})
     with pytest.raises(CheckpointError, match=r"does not fit the model its config describes"):
         restore(load_checkpoint(str(tmp_path)))
@@ -159,11 +160,13 @@ def test_asking_for_cuda_without_it_is_a_clear_error(monkeypatch):
         resolve_device("tpu9")
 
 
-def test_bad_training_settings_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="--batch-size must be at least 1"):
-        train(small_config(batch_size=0), tmp_path)
-    with pytest.raises(ValueError, match="--learning-rate must be positive"):
-        train(small_config(learning_rate=-1.0), tmp_path)
+def test_bad_training_settings_are_rejected():
+    with pytest.raises(ConfigError, match=r"batch_size \(--batch-size\) must be at least 1"):
+        small_config(batch_size=0)
+    with pytest.raises(ConfigError, match=r"learning_rate \(--learning-rate\) must be positive"):
+        small_config(learning_rate=-1.0)
+    with pytest.raises(ConfigError, match=r"kl_warmup_epochs .* must be a finite number"):
+        small_config(kl_warmup_epochs=float("nan"))
 
 
 @pytest.mark.gpu
@@ -173,4 +176,9 @@ def test_training_on_gpu_puts_everything_on_the_device(tmp_path):
     assert all(p.is_cuda for p in model.parameters())
     assert all(p.is_cuda for p in guide.parameters())
     checkpoint = load_checkpoint(str(tmp_path), map_location="cpu")
-    restore(checkpoint, "cpu")
+    restored_model, restored_guide, _ = restore(checkpoint, "cpu")
+    for original, restored in ((model, restored_model), (guide, restored_guide)):
+        for (name, a), (_, b) in zip(original.state_dict().items(),
+                                     restored.state_dict().items()):
+            assert b.device.type == "cpu", name
+            assert torch.equal(a.cpu(), b), name

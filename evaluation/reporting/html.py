@@ -3,10 +3,9 @@ so that it opens anywhere without a network and can be mailed or archived as it 
 
 import base64
 import html
-import math
 import os
 
-from evaluation.report import format_number
+from evaluation.reporting.tables import SETTING_COLUMNS, render, settings_rows
 
 STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
@@ -30,41 +29,20 @@ def image_tag(path, alt):
 
 
 def figure_html(path, caption):
+    """A captioned figure of the PNG at ``path`` ('' when the file does not exist)."""
     if not os.path.isfile(path):
         return ""
     return (f"<figure>{image_tag(path, caption)}"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def table_html(rows, columns):
-    """rows: list of dicts; columns: list of (key, heading). Numbers are formatted compactly."""
-    head = "".join(f'<th class="{"text" if i == 0 else ""}">{html.escape(heading)}</th>'
-                   for i, (_, heading) in enumerate(columns))
-    body = []
-    for row in rows:
-        cells = []
-        for i, (key, _) in enumerate(columns):
-            value = row.get(key, "")
-            text = format_number(value) if isinstance(value, float) else str(value)
-            cells.append(f'<td class="{"text" if i == 0 else ""}">{html.escape(text)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+def note(text):
+    return f'<p class="note">{html.escape(text)}</p>'
 
 
-ESTIMATE_COLUMNS = [("estimator", "estimator"), ("num_samples", "K"), ("num_data", "points"),
-                    ("log_px_mean", "log p(x), mean"), ("log_px_stderr", "Monte Carlo s.e."),
-                    ("log_px_data_stderr", "s.e. over data"), ("ess_mean", "ESS (mean)"),
-                    ("khat_share", "share k-hat > 0.7"), ("seconds", "seconds")]
-
-
-def estimate_rows(summaries):
-    rows = []
-    for summary in summaries:
-        row = dict(summary)
-        share = summary.get("khat_frac_above_0_7", math.nan)
-        row["khat_share"] = "" if share is None or math.isnan(share) else f"{100 * share:.0f}%"
-        rows.append(row)
-    return rows
+def settings_html(mapping):
+    """A two-column table of settings (nested keys dotted), such as a run's configuration."""
+    return render(settings_rows(mapping), SETTING_COLUMNS, "html")
 
 
 def page(title, sections):
@@ -74,8 +52,3 @@ def page(title, sections):
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
             f"<h1>{html.escape(title)}</h1>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
-
-
-def config_html(config):
-    rows = [{"key": key, "value": value} for key, value in sorted(config.items())]
-    return table_html(rows, [("key", "setting"), ("value", "value")])

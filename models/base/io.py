@@ -3,6 +3,7 @@ renamed over it, so that an interrupted run never leaves a truncated checkpoint 
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 
@@ -48,8 +49,22 @@ def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(obj):
+    """``obj`` with every NaN or infinite float replaced by None, which JSON can hold (strict
+    JSON has no NaN), and tuples made lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
 def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as strict JSON (NaN and infinities as null), atomically."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_torch_save(path, obj):

@@ -1,0 +1,147 @@
+"""Tables of estimates: one set of columns, rendered as terminal text, Markdown or HTML; per-point
+rows and CSV text.
+
+Every table of estimates in the project (``evaluate.py``'s printout, ``compare.py``'s
+``comparison.md``, the HTML reports, the tutorial) is :func:`render` of :data:`ESTIMATE_COLUMNS`
+on ``Estimate.summary()`` dicts, so one number is shown the same way everywhere.
+"""
+
+import csv
+import html
+import io
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+CSV_FIELDS = ("estimator", "index", "label", "estimate", "stderr", "ess", "khat", "max_weight")
+
+
+def _missing(value):
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def fixed(digits):
+    """A formatter with ``digits`` decimals ('' for a missing value)."""
+    return lambda value: "" if _missing(value) else f"{value:.{digits}f}"
+
+
+def percent(value):
+    return "" if _missing(value) else f"{100 * value:.0f}%"
+
+
+def samples(value):
+    """K, or '-' for estimators that take none."""
+    return "-" if not value else str(value)
+
+
+def format_number(value):
+    """A value shown with as many digits as it deserves ('' for NaN)."""
+    if _missing(value):
+        return ""
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.4g}" if abs(value) < 1 else f"{value:.3f}".rstrip("0").rstrip(".")
+        return f"{value:.3e}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    heading: str
+    format: Callable = format_number
+    #: left-aligned (text) rather than right-aligned (numbers)
+    text: bool = False
+
+
+ESTIMATE_COLUMNS = (
+    Column("estimator", "estimator", str, text=True),
+    Column("num_samples", "K", samples),
+    Column("num_data", "N", str),
+    Column("log_px_mean", "log p(x)", fixed(3)),
+    Column("log_px_stderr", "MC s.e.", fixed(4)),
+    Column("log_px_data_stderr", "data s.e.", fixed(3)),
+    Column("ess_mean", "ESS", fixed(1)),
+    Column("khat_frac_above_0_7", "k-hat > 0.7", percent),
+    Column("seconds", "seconds", fixed(2)),
+)
+RUN_COLUMN = Column("run", "run", str, text=True)
+PAIRED_COLUMNS = (
+    Column("run", "run", str, text=True),
+    Column("baseline", "baseline", str, text=True),
+    Column("estimator", "estimator", str, text=True),
+    Column("num_samples", "K", samples),
+    Column("mean_difference", "mean difference", fixed(3)),
+    Column("paired_stderr", "paired s.e.", fixed(3)),
+    Column("unpaired_stderr", "unpaired s.e.", fixed(3)),
+)
+SETTING_COLUMNS = (Column("key", "setting", str, text=True),
+                   Column("value", "value", format_number, text=True))
+
+
+def columns(*keys, base=ESTIMATE_COLUMNS):
+    """The columns of ``base`` called ``keys``, in that order."""
+    by_key = {column.key: column for column in base}
+    return tuple(by_key[key] for key in keys)
+
+
+def render(rows, table_columns=ESTIMATE_COLUMNS, style="text"):
+    """``rows`` (dicts) as a table in ``style``: ``text`` (aligned, for the terminal),
+    ``markdown`` or ``html``."""
+    cells = [[column.format(row.get(column.key)) for column in table_columns] for row in rows]
+    headings = [column.heading for column in table_columns]
+    if style == "markdown":
+        rule = ["---" if column.text else "---:" for column in table_columns]
+        lines = [headings, rule] + cells
+        return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
+    if style == "html":
+        def row_html(values, tag):
+            return "<tr>" + "".join(
+                f'<{tag} class="{"text" if column.text else ""}">{html.escape(value)}</{tag}>'
+                for column, value in zip(table_columns, values)) + "</tr>"
+
+        return ("<table>" + row_html(headings, "th")
+                + "".join(row_html(values, "td") for values in cells) + "</table>")
+    if style == "text":
+        widths = [max(len(value) for value in column_values)
+                  for column_values in zip(headings, *cells)]
+
+        def line(values):
+            return "  ".join(value.ljust(width) if column.text else value.rjust(width)
+                             for column, value, width in zip(table_columns, values, widths))
+
+        return "\n".join([line(headings), "-" * len(line(headings))]
+                         + [line(values) for values in cells]).rstrip()
+    raise ValueError(f"unknown table style {style!r}; valid: text, markdown, html")
+
+
+def settings_rows(mapping, prefix=""):
+    """{key: value} flattened into setting rows (nested dicts become dotted keys)."""
+    rows = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            rows += settings_rows(value, prefix=name + ".")
+        else:
+            rows.append({"key": name, "value": value if not isinstance(value, dict) else ""})
+    return rows
+
+
+def per_point_rows(result, labels):
+    """One CSV row per data point of an :class:`evaluation.estimators.Estimate`."""
+    rows = []
+    for index in range(result.estimate.numel()):
+        rows.append({
+            "estimator": result.estimator, "index": index, "label": int(labels[index]),
+            "estimate": result.estimate[index].item(), "stderr": result.stderr[index].item(),
+            "ess": result.ess[index].item(), "khat": result.khat[index].item(),
+            "max_weight": result.max_weight[index].item()})
+    return rows
+
+
+def csv_text(rows, fields=CSV_FIELDS):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,380 @@
+"""The run configuration: typed, frozen, with every default in one place.
+
+A run is described by a :class:`RunConfig` made of three parts, each a frozen dataclass:
+
+- :class:`DataConfig`: which data, where from, how binarized;
+- :class:`ModelConfig`: the story and its encoder: z_dim, x_dim, and one :class:`PartSpec` (a
+  registered name or ``module:Class``, plus that part's own options) for each swappable family:
+  ``architecture``, ``prior``, ``likelihood`` and ``guide``;
+- :class:`TrainingConfig`: epochs, minibatch, Adam step size, the objective (a PartSpec too),
+  KL warm-up, JIT;
+
+plus the ``seed`` and the ``device``. The options of a part are the keyword parameters of its
+class (see :mod:`models.base.registry`), so a part's defaults live in its signature and nowhere
+else; the defaults of everything else are the field defaults below.
+
+``from_dict`` refuses unknown keys with a "did you mean" suggestion, and converts the flat dicts
+that checkpoints of format version 1 stored. ``to_dict`` gives plain JSON-ready data, which is
+what ``config.json`` and every checkpoint hold.
+"""
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["ConfigError", "DataConfig", "ModelConfig", "PartSpec", "RunConfig", "TrainingConfig",
+           "did_you_mean"]
+
+
+class ConfigError(ValueError):
+    """A configuration names something that does not exist or does not fit together."""
+
+
+def did_you_mean(name, valid):
+    """`` (did you mean 'x'?)`` for the valid name most like ``name``, else ``''``."""
+    found = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
+    return f" (did you mean {found[0]!r}?)" if found else ""
+
+
+def _freeze(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(item) for item in value)
+    if isinstance(value, Mapping):
+        return types.MappingProxyType({key: _freeze(item) for key, item in value.items()})
+    return value
+
+
+def _thaw(value):
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One swappable part: its ``name`` (registered, or ``module:Class``) and its ``options``
+    (keyword arguments of its class; see :meth:`models.base.registry.Registry.resolve`)."""
+
+    name: str
+    options: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a part is named by a non-empty string, got {self.name!r}")
+        if not isinstance(self.options, Mapping):
+            raise ConfigError(f"the options of {self.name!r} must be a mapping, got "
+                              f"{type(self.options).__name__}")
+        for key in self.options:
+            if not isinstance(key, str):
+                raise ConfigError(f"option names of {self.name!r} are strings, got {key!r}")
+        object.__setattr__(self, "options", _freeze(self.options))
+
+    @classmethod
+    def of(cls, value, kind="part"):
+        """A PartSpec from a PartSpec, a name, or a dict ``{"name": ..., "options": {...}}``."""
+        if isinstance(value, PartSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {"name", "options"})
+            if unknown:
+                raise ConfigError(f"unknown key {unknown[0]!r} in the {kind} "
+                                  f"{did_you_mean(unknown[0], ('name', 'options'))}; a part is "
+                                  "given as {\"name\": ..., \"options\": {...}}")
+            if "name" not in value:
+                raise ConfigError(f"the {kind} needs a name, got {dict(value)!r}")
+            return cls(value["name"], value.get("options") or {})
+        raise ConfigError(f"the {kind} is given as a name or as {{\"name\": ..., \"options\": "
+                          f"{{...}}}}, got {value!r}")
+
+    def with_options(self, **options):
+        return PartSpec(self.name, {**self.options, **options})
+
+    def to_dict(self):
+        return {"name": self.name, "options": _thaw(self.options)}
+
+
+def _type_name(annotation):
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+            tuple: "a list"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _check(value, annotation, where):
+    """``value`` checked against a field's type (int, float, bool, str, tuple, PartSpec or
+    Optional of one of them) and converted where that loses nothing."""
+    optional = typing.get_origin(annotation) is typing.Union
+    if optional:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        if value is None:
+            return None
+    if annotation is PartSpec:
+        return PartSpec.of(value, where)
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{where} must be a finite number, got {value}")
+    elif annotation is tuple:
+        ok = isinstance(value, (list, tuple))
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, annotation)
+    if not ok:
+        raise ConfigError(f"{where} must be {_type_name(annotation)}"
+                          f"{' or null' if optional else ''}, got {value!r}")
+    return value
+
+
+class _Section:
+    """from_dict / to_dict / type checks shared by the dataclasses of the configuration."""
+
+    #: how a field is named in messages: "z_dim (--z-dim)"
+    def _where(self, name):
+        return f"{name} (--{name.replace('_', '-')})"
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            value = _check(getattr(self, item.name), hints[item.name], self._where(item.name))
+            object.__setattr__(self, item.name, value)
+        self.validate()
+
+    def validate(self):
+        """Range checks beyond the types; subclasses add theirs."""
+
+    def _at_least(self, name, minimum, optional=False):
+        value = getattr(self, name)
+        if optional and value is None:
+            return
+        if value < minimum:
+            raise ConfigError(f"{self._where(name)} must be at least {minimum}, got {value}")
+
+    @classmethod
+    def from_dict(cls, data, where=None):
+        where = where or cls.__name__
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where} must be a mapping of settings, got "
+                              f"{type(data).__name__}")
+        names = [item.name for item in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                raise ConfigError(f"unknown setting {key!r} in {where}"
+                                  f"{did_you_mean(key, names)}; valid settings: "
+                                  f"{', '.join(names)}")
+        values = {}
+        for item in dataclasses.fields(cls):
+            if item.name not in data:
+                continue
+            value = data[item.name]
+            inner = typing.get_type_hints(cls)[item.name]
+            if isinstance(inner, type) and issubclass(inner, _Section):
+                value = inner.from_dict(value, item.name)
+            values[item.name] = value
+        return cls(**values)
+
+    def to_dict(self):
+        result = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            result[item.name] = value.to_dict() if hasattr(value, "to_dict") else _thaw(value)
+        return result
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Which data set, read from where, binarized how (see :mod:`inference.data`)."""
+
+    dataset: str = "mnist"
+    #: folder holding MNIST/raw/; None: $VAE_DATA_DIR, else ./data
+    data_dir: typing.Optional[str] = None
+    download: bool = False
+    #: dynamic, static or none; None: what the likelihood needs
+    binarize: typing.Optional[str] = None
+    #: training images held out for validation; None: the data set's default
+    num_validation: typing.Optional[int] = None
+    synthetic_z_dim: int = 2
+    synthetic_x_dim: int = 50
+    synthetic_num_train: int = 5000
+    synthetic_seed: int = 0
+    synthetic_prior: str = "standard"
+
+    def validate(self):
+        self._at_least("num_validation", 1, optional=True)
+        for name in ("synthetic_z_dim", "synthetic_x_dim", "synthetic_num_train"):
+            self._at_least(name, 1)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The generative story p(z) p(x | z) and the guide q(z | x): dimensions and parts."""
+
+    z_dim: int = 50
+    #: features of one data point; None until the data set is known
+    x_dim: typing.Optional[int] = None
+    #: (height, width) of image data, for the conv architecture and the figures
+    image_shape: typing.Optional[tuple] = None
+    architecture: PartSpec = PartSpec("mlp")
+    prior: PartSpec = PartSpec("standard")
+    likelihood: PartSpec = PartSpec("bernoulli")
+    guide: PartSpec = PartSpec("diagonal")
+
+    def validate(self):
+        self._at_least("z_dim", 1)
+        self._at_least("x_dim", 1, optional=True)
+        if self.image_shape is not None:
+            shape = self.image_shape
+            if len(shape) != 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+                raise ConfigError(f"image_shape must be two positive whole numbers, got "
+                                  f"{list(shape)}")
+
+    @classmethod
+    def of(cls, value):
+        """A ModelConfig from a ModelConfig, a RunConfig, or a dict (nested, of model settings,
+        or a flat version-1 configuration)."""
+        if isinstance(value, ModelConfig):
+            return value
+        if isinstance(value, RunConfig):
+            return value.model
+        if isinstance(value, Mapping):
+            names = {item.name for item in dataclasses.fields(cls)}
+            if set(value) <= names:
+                return cls.from_dict(value, "the model configuration")
+            return RunConfig.from_dict(value).model
+        raise ConfigError(f"expected a model configuration, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_Section):
+    """How SVI trains the model and guide (see :mod:`inference.training`)."""
+
+    num_epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    objective: PartSpec = PartSpec("elbo")
+    #: epochs over which the weight of log p(z) - log q(z | x) grows from ~0 to 1
+    kl_warmup_epochs: float = 0.0
+    jit: bool = False
+
+    def validate(self):
+        self._at_least("num_epochs", 1)
+        self._at_least("batch_size", 1)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"{self._where('learning_rate')} must be positive, got "
+                              f"{self.learning_rate}")
+        self._at_least("kl_warmup_epochs", 0)
+
+
+@dataclass(frozen=True)
+class RunConfig(_Section):
+    """Everything a training run is a function of."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    seed: int = 0
+    #: auto, cpu, cuda or cuda:N
+    device: str = "auto"
+
+    def validate(self):
+        if not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"{self._where('seed')} must lie in 0..{2 ** 32 - 1}, got "
+                              f"{self.seed}")
+
+    @classmethod
+    def from_dict(cls, data, where=None):
+        if isinstance(data, Mapping) and data and not set(data) & {"data", "model", "training"}:
+            data = from_flat(data)
+        return super().from_dict(data, where or "the run configuration")
+
+    def updated(self, changes):
+        """A copy with ``changes`` applied: {"model.z_dim": 3, "model.prior.options.k": 2}."""
+        data = self.to_dict()
+        for path, value in changes.items():
+            *parents, last = path.split(".")
+            target = data
+            for key in parents:
+                target = target.setdefault(key, {})
+            target[last] = value
+        return RunConfig.from_dict(data)
+
+    def get(self, path):
+        """The value at a dotted ``path`` of :meth:`to_dict` (KeyError if absent)."""
+        value = self.to_dict()
+        for key in path.split("."):
+            value = value[key]
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat configurations of checkpoint format version 1
+
+_FLAT_DATA = ("dataset", "data_dir", "download", "binarize", "num_validation", "synthetic_z_dim",
+              "synthetic_x_dim", "synthetic_num_train", "synthetic_seed", "synthetic_prior")
+_FLAT_MODEL = ("z_dim", "x_dim", "image_shape")
+_FLAT_TRAINING = ("num_epochs", "batch_size", "learning_rate", "kl_warmup_epochs", "jit")
+#: flat key -> (family, {part name: option}); None as the part name: every part of the family
+_FLAT_OPTIONS = {
+    "prior_components": ("prior", {"mog": "num_components", "vamp": "num_components"}),
+    "prior_flows": ("prior", {"flow": "num_flows"}),
+    "flow_hidden": ("prior", {"flow": "flow_hidden"}),
+    "sigma": ("likelihood", {"gaussian": "sigma"}),
+    "min_scale": ("likelihood", {"gaussian-learned": "min_scale"}),
+    "guide_flows": ("guide", {"iaf": "num_flows"}),
+    "hidden_dims": ("architecture", {None: "hidden_dims"}),
+    "activation": ("architecture", {None: "activation"}),
+    "num_particles": ("objective", {None: "num_particles"}),
+}
+_FLAT_PARTS = {"prior": "standard", "likelihood": "bernoulli", "guide": "diagonal",
+               "architecture": "mlp", "objective": "elbo"}
+_FLAT_OTHER = ("seed", "device", "title")
+FLAT_KEYS = (_FLAT_DATA + _FLAT_MODEL + _FLAT_TRAINING + tuple(_FLAT_OPTIONS)
+             + tuple(_FLAT_PARTS) + _FLAT_OTHER)
+
+
+def from_flat(flat):
+    """Convert a flat configuration (checkpoint format version 1, and the README's examples of
+    that time) into the nested form. Options go to the part that takes them; values of options
+    the chosen part does not take (``sigma`` of a Bernoulli likelihood) are dropped, as the old
+    code ignored them."""
+    for key in flat:
+        if key not in FLAT_KEYS:
+            raise ConfigError(f"unknown setting {key!r} in the configuration"
+                              f"{did_you_mean(key, FLAT_KEYS)}")
+    parts = {family: flat.get(family) or default for family, default in _FLAT_PARTS.items()}
+    options = {family: {} for family in parts}
+    for key, (family, targets) in _FLAT_OPTIONS.items():
+        value = flat.get(key)
+        if value is None:
+            continue
+        option = targets.get(parts[family], targets.get(None))
+        if option is not None:
+            options[family][option] = value
+    if parts["guide"] == "iaf" and flat.get("flow_hidden") is not None:
+        options["guide"]["flow_hidden"] = flat["flow_hidden"]
+    nested = {
+        "data": {key: flat[key] for key in _FLAT_DATA if key in flat},
+        "model": {key: flat[key] for key in _FLAT_MODEL if key in flat},
+        "training": {key: flat[key] for key in _FLAT_TRAINING if key in flat},
+    }
+    for family in ("prior", "likelihood", "guide", "architecture"):
+        nested["model"][family] = {"name": parts[family], "options": options[family]}
+    nested["training"]["objective"] = {"name": parts["objective"],
+                                       "options": options["objective"]}
+    for key in ("seed", "device"):
+        if key in flat:
+            nested[key] = flat[key]
+    return nested

@@ -1,0 +1,124 @@
+"""A user's own prior and guide, written in a folder outside the package exactly as the
+extension contract (docs/extending.md) says, through Python and through every script."""
+
+import json
+import sys
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+from conftest import SMALL, refused, run_main, small_config
+from inference.build import build
+from models import ConfigError, build_model
+
+USER_PARTS = '''
+import torch
+import pyro.distributions as dist
+from torch import nn
+
+from inference.guides import Guide
+from models.priors import Prior
+
+
+class StudentT(Prior):
+    """p(z) = prod_d StudentT(z_d | nu, 0, 1) with a learnable degrees of freedom nu."""
+
+    def __init__(self, z_dim, df=5.0):
+        super().__init__(z_dim)
+        self.log_df = nn.Parameter(torch.tensor(float(df)).log())
+        self.register_buffer("loc", torch.zeros(z_dim))
+
+    def forward(self):
+        return dist.StudentT(self.log_df.exp(), self.loc, 1.0).to_event(1)
+
+
+class TinyGuide(Guide):
+    """q(z | x) = N(mu(x), diag sigma(x)^2) from a one-layer tanh network of its own."""
+
+    def __init__(self, x_dim, z_dim):
+        super().__init__(x_dim, z_dim)
+        self.net = nn.Sequential(nn.Linear(x_dim, 32), nn.Tanh(), nn.Linear(32, 2 * z_dim))
+
+    def distribution(self, x):
+        z_loc, z_raw_scale = self.net(x).chunk(2, dim=-1)
+        return dist.Normal(z_loc, nn.functional.softplus(z_raw_scale) + 1e-3).to_event(1)
+
+
+class NotAModule:
+    def __init__(self, z_dim):
+        self.z_dim = z_dim
+
+
+class WrongSize(Prior):
+    def __init__(self, z_dim):
+        super().__init__(z_dim + 1)
+
+    def forward(self):
+        return dist.Normal(torch.zeros(self.z_dim), 1.0).to_event(1)
+'''
+
+
+@pytest.fixture
+def user_folder(tmp_path, monkeypatch, request):
+    """A folder outside the package holding the user's module (a fresh name per test), as the
+    working directory."""
+    name = f"user_parts_{request.node.name.split('[')[0][5:]}"
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(USER_PARTS)
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    yield folder, name
+    sys.modules.pop(name, None)
+
+
+def test_user_prior_and_guide_from_python(user_folder):
+    _, module = user_folder
+    config = small_config(prior=f"{module}:StudentT", prior_options={"df": 3},
+                          guide=f"{module}:TinyGuide")
+    assert config.model.prior.options == {"df": 3.0}
+    model, guide = build(config)
+    z = torch.randn(4, 2)
+    expected = dist.StudentT(3.0, 0.0, 1.0).log_prob(z).sum(-1)
+    assert torch.allclose(model.prior().log_prob(z), expected, atol=1e-5)
+    assert guide.distribution(torch.rand(5, 50)).batch_shape == (5,)
+
+
+def test_user_parts_that_break_the_contract_are_refused(user_folder):
+    _, module = user_folder
+    with pytest.raises(ConfigError, match=f"the prior '{module}:NotAModule' must be a class "
+                       "derived from models.priors.Prior"):
+        build_model(small_config(prior=f"{module}:NotAModule"))
+    with pytest.raises(ConfigError, match="has no 'Missing'"):
+        small_config(prior=f"{module}:Missing")
+    with pytest.raises(ConfigError, match="has z_dim 3, expected 2"):
+        build_model(small_config(prior=f"{module}:WrongSize"))
+    with pytest.raises(ConfigError, match=r"the .*StudentT prior has no option 'dof' "
+                       r"\(did you mean 'df'\?\)"):
+        small_config(prior=f"{module}:StudentT", prior_options={"dof": 3})
+    with pytest.raises(ConfigError, match="must be a class derived from inference.guides.Guide"):
+        small_config(guide=f"{module}:StudentT")
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
+        small_config(guide="no_such_module:Guide")
+
+
+def test_user_parts_train_resume_evaluate_and_explore_through_the_scripts(user_folder, capsys):
+    folder, module = user_folder
+    out = folder / "run"
+    run_main("train", *SMALL, "--prior", f"{module}:StudentT", "--prior-option", "df=3",
+             "--guide", f"{module}:TinyGuide", "--out", out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["prior"] == {"name": f"{module}:StudentT", "options": {"df": 3.0}}
+    assert config["model"]["guide"] == {"name": f"{module}:TinyGuide", "options": {}}
+    summary = run_main("train", "--out", out, "--resume", "--num-epochs", "2", "--no-progress")
+    assert summary["epochs"] == 2
+    line = refused(capsys, "train", "--out", out, "--resume", "--prior-option", "df=4")
+    assert "--prior-option df=4 differs from the resumed run's 3.0" in line
+    report = run_main("evaluate", out, "--num-samples", "20", "--num-data", "10")
+    assert [s["estimator"] for s in report["estimators"]] == ["elbo", "importance"]
+    facts = run_main("explore", out, "--out", folder / "figures", "--num-data", "100",
+                     "--convergence-k", "1,10", "--ais-steps", "3", "--eval-data", "10",
+                     "--num-samples", "10", "--no-progress")
+    assert "empirical quantiles of the run's prior (StudentT" in facts["manifold_grid"]
+    assert (folder / "figures" / "report.html").is_file()

@@ -1,0 +1,98 @@
+"""The layers point down only: scripts -> evaluation.reporting -> evaluation (estimators) ->
+inference -> models -> models.base. This test reads the import statements of every module
+(including imports inside functions) and fails when one points up a layer."""
+
+import ast
+import os
+
+from conftest import ROOT
+
+#: (module prefix, layer), most specific first; higher layers may import lower ones
+LAYERS = (
+    ("models.base", 0),
+    ("models", 1),
+    ("inference", 2),
+    ("evaluation.reporting", 4),
+    ("evaluation", 3),
+    ("scripts", 5),
+)
+LAYER_NAMES = {0: "models.base", 1: "models", 2: "inference", 3: "evaluation (estimators)",
+               4: "evaluation.reporting", 5: "scripts"}
+
+
+def layer_of(module):
+    for prefix, layer in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            return layer
+    return None
+
+
+def modules(root):
+    """(dotted module name, path) of every Python file of the layered folders under root."""
+    for top in ("models", "inference", "evaluation", "scripts"):
+        for folder, _, files in os.walk(os.path.join(root, top)):
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    dotted = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+                    yield dotted.removesuffix(".__init__"), path
+
+
+def imported(module, path):
+    """Every module name that ``module`` imports, absolute, with the line of the import."""
+    with open(path) as handle:
+        tree = ast.parse(handle.read(), path)
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module
+            yield name, node.lineno
+            for alias in node.names:  # ``from evaluation import story`` imports a module
+                yield f"{name}.{alias.name}", node.lineno
+
+
+def upward_imports(root):
+    """['path:line: module (layer) imports target (higher layer)'] for every upward import."""
+    found, seen = [], set()
+    for module, path in modules(root):
+        own = layer_of(module)
+        for target, line in imported(module, path):
+            layer = layer_of(target)
+            if own is not None and layer is not None and layer > own and (path, line) not in seen:
+                seen.add((path, line))
+                found.append(f"{os.path.relpath(path, root)}:{line}: {module} "
+                             f"({LAYER_NAMES[own]}) imports {target} ({LAYER_NAMES[layer]})")
+    return found
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    assert upward_imports(ROOT) == []
+
+
+def test_the_layer_check_finds_an_upward_import(tmp_path):
+    for folder in ("models/base", "inference", "evaluation/reporting", "scripts"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "models" / "base" / "config.py").write_text(
+        "def late():\n    from inference.data import load_dataset\n")
+    (tmp_path / "inference" / "data.py").write_text("import models.base.config\n")
+    (tmp_path / "evaluation" / "story.py").write_text("from .reporting import figures\n")
+    found = sorted(upward_imports(tmp_path))
+    assert found == [
+        "evaluation/story.py:1: evaluation.story (evaluation (estimators)) imports "
+        "evaluation.reporting (evaluation.reporting)",
+        "models/base/config.py:2: models.base.config (models.base) imports inference.data "
+        "(inference)"]
+
+
+def test_the_tree_shows_the_layers():
+    for folder in ("models/base", "inference", "evaluation", "evaluation/reporting", "scripts",
+                   "tests", "docs"):
+        assert os.path.isdir(os.path.join(ROOT, folder)), folder
+    assert os.path.isfile(os.path.join(ROOT, "inference", "log_weights.py"))
