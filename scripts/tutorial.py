@@ -199,7 +199,7 @@ def comparison_sentence(by_name):
                  "enough, while the guide misses part of the posterior mass, and Pareto k-hat "
                  f"flags {100 * flagged:.0f}% of the images for it (compare the dashed and "
                  "filled contours above). With a 50-dimensional z the prior estimator "
-                 "collapses instead (see the README's worked example).")
+                 "collapses instead (see the worked example in [estimators.md](estimators.md)).")
     else:
         text += (f"The naive prior estimator lands {fmt(importance - prior)} nats lower "
                  f"({fmt(prior)}): even in two dimensions its effective sample size is small.")

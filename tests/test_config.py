@@ -111,6 +111,11 @@ def test_part_option_flags_go_to_the_part_that_takes_them():
     assert "model.guide.options.flow_hidden" not in changes
     changes = cli.config_changes(parsed("--guide", "iaf", "--flow-hidden", "32"), base)
     assert changes["model.guide.options.flow_hidden"] == 32
+    assert "model.prior.options.flow_hidden" not in changes
+    changes = cli.config_changes(parsed("--guide", "iaf", "--prior", "flow", "--flow-hidden",
+                                        "32"), base)
+    assert changes["model.guide.options.flow_hidden"] == 32
+    assert changes["model.prior.options.flow_hidden"] == 32
     with pytest.raises(ConfigError, match="--guide-flows does not apply to the diagonal guide"):
         cli.config_changes(parsed("--guide-flows", "3"), base)
     # Flags left out change nothing, so the defaults (or a resumed run's settings) hold.

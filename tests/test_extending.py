@@ -2,48 +2,29 @@
 extension contract (docs/extending.md) says, through Python and through every script."""
 
 import json
+import os
+import re
 import sys
 
 import pyro.distributions as dist
 import pytest
 import torch
 
-from conftest import SMALL, refused, run_main, small_config
+from conftest import ROOT, SMALL, refused, run_main, small_config
 from inference.build import build
 from models import ConfigError, build_model
 
-USER_PARTS = '''
-import torch
-import pyro.distributions as dist
-from torch import nn
 
-from inference.guides import Guide
-from models.priors import Prior
-
-
-class StudentT(Prior):
-    """p(z) = prod_d StudentT(z_d | nu, 0, 1) with a learnable degrees of freedom nu."""
-
-    def __init__(self, z_dim, df=5.0):
-        super().__init__(z_dim)
-        self.log_df = nn.Parameter(torch.tensor(float(df)).log())
-        self.register_buffer("loc", torch.zeros(z_dim))
-
-    def forward(self):
-        return dist.StudentT(self.log_df.exp(), self.loc, 1.0).to_event(1)
+def documented_parts():
+    """The user's module exactly as docs/extending.md shows it (the block headed my_parts.py),
+    plus two classes that break the contract."""
+    with open(os.path.join(ROOT, "docs", "extending.md")) as handle:
+        blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
+    (module,) = [block for block in blocks if block.startswith("# my_parts.py")]
+    return module + BROKEN
 
 
-class TinyGuide(Guide):
-    """q(z | x) = N(mu(x), diag sigma(x)^2) from a one-layer tanh network of its own."""
-
-    def __init__(self, x_dim, z_dim):
-        super().__init__(x_dim, z_dim)
-        self.net = nn.Sequential(nn.Linear(x_dim, 32), nn.Tanh(), nn.Linear(32, 2 * z_dim))
-
-    def distribution(self, x):
-        z_loc, z_raw_scale = self.net(x).chunk(2, dim=-1)
-        return dist.Normal(z_loc, nn.functional.softplus(z_raw_scale) + 1e-3).to_event(1)
-
+BROKEN = '''
 
 class NotAModule:
     def __init__(self, z_dim):
@@ -66,7 +47,7 @@ def user_folder(tmp_path, monkeypatch, request):
     name = f"user_parts_{request.node.name.split('[')[0][5:]}"
     folder = tmp_path / "work"
     folder.mkdir()
-    (folder / f"{name}.py").write_text(USER_PARTS)
+    (folder / f"{name}.py").write_text(documented_parts())
     monkeypatch.chdir(folder)
     monkeypatch.syspath_prepend(str(folder))
     yield folder, name
@@ -122,3 +103,21 @@ def test_user_parts_train_resume_evaluate_and_explore_through_the_scripts(user_f
                      "--num-samples", "10", "--no-progress")
     assert "empirical quantiles of the run's prior (StudentT" in facts["manifold_grid"]
     assert (folder / "figures" / "report.html").is_file()
+
+
+def test_documented_estimator_registers_and_runs_through_evaluate(monkeypatch, tmp_path):
+    from evaluation.estimators import ESTIMATORS
+
+    monkeypatch.setattr(ESTIMATORS, "_entries", dict(ESTIMATORS._entries))
+    with open(os.path.join(ROOT, "docs", "extending.md")) as handle:
+        blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
+    (code,) = [block for block in blocks if "ESTIMATORS.register" in block]
+    exec(code, {})
+    run = tmp_path / "run"
+    run_main("train", *SMALL, "--out", run)
+    report = run_main("evaluate", run, "--estimator", "tempered,importance", "--num-samples",
+                      "30", "--num-data", "4")
+    tempered, importance = report["estimators"]
+    # The same weights (same seed) under another name: the same estimate.
+    assert tempered["estimator"] == "tempered"
+    assert tempered["log_px_mean"] == importance["log_px_mean"]

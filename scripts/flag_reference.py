@@ -1,0 +1,66 @@
+"""Write docs/flags.md: every flag of every script, generated from the scripts' own parsers.
+
+Example::
+
+    python scripts/flag_reference.py            # writes docs/flags.md (run from the root)
+    python scripts/flag_reference.py --check    # exit 2 if docs/flags.md is out of date
+"""
+
+import importlib.util
+import os
+
+from evaluation.reporting import cli
+from models.base.cli import entry_point
+from models.base.config import ConfigError
+from models.base.io import atomic_write_text
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = ("train", "evaluate", "compare", "explore", "tutorial", "make_mnist_subset",
+           "benchmark_mixture", "flag_reference")
+DEFAULT_OUT = os.path.join("docs", "flags.md")
+
+
+def parsers():
+    """{"train.py": parser, ...} of every script."""
+    found = {}
+    for name in SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"vae_flags_{name}",
+                                                      os.path.join(HERE, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found[f"{name}.py"] = module.make_parser()
+    return found
+
+
+def reference():
+    return cli.flag_reference(parsers())
+
+
+def _main(args):
+    text = reference()
+    if args.check:
+        with open(args.out) as handle:
+            if handle.read() != text:
+                raise ConfigError(f"{args.out} is out of date; run python "
+                                  "scripts/flag_reference.py")
+        print(f"{args.out} is up to date")
+        return text
+    atomic_write_text(args.out, text)
+    print(f"wrote {args.out}")
+    return text
+
+
+def make_parser():
+    parser = cli.make_parser("Write the reference of every script's flags (docs/flags.md).",
+                             __file__)
+    parser.add_argument("--out", default=DEFAULT_OUT, help="the Markdown file to write")
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the file instead of writing it")
+    return parser
+
+
+main = entry_point(_main, make_parser)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The documentation cannot drift: the flag reference is what the parsers say, and every
+flag the guides mention exists."""
+
+import os
+import re
+
+from conftest import ROOT, load_script
+
+DOCS = ("README.md", "RESULTS.md", "docs/training.md", "docs/estimators.md",
+        "docs/extending.md", "docs/reproducing.md", "docs/tutorial.md")
+#: flags of other programs that the guides mention (pytest's)
+OTHERS = {"--durations"}
+
+
+def test_flag_reference_is_generated_from_the_parsers():
+    with open(os.path.join(ROOT, "docs", "flags.md")) as handle:
+        committed = handle.read()
+    assert committed == load_script("flag_reference").reference(), \
+        "docs/flags.md is out of date: run python scripts/flag_reference.py"
+
+
+def test_every_flag_the_guides_mention_exists():
+    known = set(OTHERS)
+    for parser in load_script("flag_reference").parsers().values():
+        for action in parser._actions:
+            known.update(action.option_strings)
+    for name in DOCS:
+        with open(os.path.join(ROOT, name)) as handle:
+            text = handle.read()
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text):
+            assert flag in known, f"{name} mentions {flag}, which no script has"
