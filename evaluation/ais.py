@@ -140,14 +140,8 @@ def anneal(start, z, betas, num_leapfrog=LEAPFROG, step_size=STEP_SIZE,
     return log_weights, z, acceptance / max(1, len(betas) - 1), step.squeeze(-1)
 
 
-def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=STEPS, num_leapfrog=LEAPFROG,
-                    step_size=STEP_SIZE, target_accept=TARGET_ACCEPT, schedule=SCHEDULE,
-                    start="prior", max_batch_elements=None):
-    """AIS log weights (C, N): log-mean-exp over the C chains estimates log p(x_n) from below.
-
-    :returns: (log_weights, info) where ``info`` holds per-data-point ``acceptance`` rates and
-        final ``step_size``.
-    """
+def _check_settings(num_chains, num_steps, num_leapfrog, step_size, target_accept, schedule):
+    """Refuse AIS settings that make no sense, with the flag to change; returns num_chains."""
     num_chains = check_num_samples(num_chains)
     if int(num_steps) < 1 or int(num_leapfrog) < 1:
         raise ValueError(f"AIS needs at least one step and one leapfrog step, got "
@@ -156,9 +150,28 @@ def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=STEPS, num_leap
         raise ValueError(f"unknown AIS schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     if not 0.0 < target_accept < 1.0:
         raise ValueError(f"the target acceptance rate must lie in (0, 1), got {target_accept}")
+    if not 0.0 < step_size < math.inf:
+        raise ValueError(f"the HMC step size (--ais-step-size) must be positive, got {step_size}")
+    return num_chains
+
+
+def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=STEPS, num_leapfrog=LEAPFROG,
+                    step_size=STEP_SIZE, target_accept=TARGET_ACCEPT, schedule=SCHEDULE,
+                    start="prior", max_batch_elements=None):
+    """AIS log weights (C, N): log-mean-exp over the C chains estimates log p(x_n) from below.
+
+    :returns: (log_weights, info) where ``info`` holds per-data-point ``acceptance`` rates and
+        final ``step_size``.
+    """
+    num_chains = _check_settings(num_chains, num_steps, num_leapfrog, step_size, target_accept,
+                                 schedule)
     betas = SCHEDULES[schedule](int(num_steps))
     if max_batch_elements is None:
         max_batch_elements = default_max_batch_elements(x[0].numel())
+    if num_chains > max_batch_elements:
+        raise ValueError(f"{num_chains} AIS chains per data point exceed the "
+                         f"{max_batch_elements} (chain, data point) pairs one chunk may hold; "
+                         "use fewer chains (--ais-chains) or raise --max-batch-elements")
     data_step = max(1, int(max_batch_elements) // num_chains)
     weights, acceptance, steps = [], [], []
     for begin in range(0, x.shape[0], data_step):
@@ -184,6 +197,10 @@ def bdmc(model, num_data, num_chains=4, *, num_steps=STEPS, num_leapfrog=LEAPFRO
 
     :returns: dict of (N,) tensors ``lower``, ``upper``, ``gap`` and the simulated ``x`` and ``z``.
     """
+    num_chains = _check_settings(num_chains, num_steps, num_leapfrog, step_size, target_accept,
+                                 schedule)
+    if isinstance(num_data, bool) or int(num_data) != num_data or num_data < 1:
+        raise ValueError(f"BDMC needs at least one simulated point (--bdmc), got {num_data}")
     with torch.no_grad(), poutine.block():
         trace = poutine.trace(model).get_trace(batch_size=int(num_data))
     x, z_true = trace.nodes["x"]["value"], trace.nodes["z"]["value"]

@@ -8,13 +8,15 @@ log w[k, n] = log p(x_n, z_kn) - log r(z_kn | x_n) for a proposal r. Nothing her
 - ``effective_sample_size``: (sum_k w)^2 / sum_k w^2 (Kong 1992), between 1 and K;
 - ``pareto_khat``: the shape k of a generalized Pareto fit to the largest weights (PSIS, Vehtari
   et al. 2024); above 0.7 the weights have so heavy a tail that the estimate cannot be trusted;
-- ``max_normalized_weight``: the largest w_kn / sum_k w_kn; near 1 means one draw decides all.
+- ``max_normalized_weight``: the largest w_kn / sum_k w_kn; near 1 means one draw decides all;
+- :class:`WeightSummary`: all of these accumulated chunk by chunk, so that K x N weights never
+  have to be held at once (any K runs in bounded memory) and the numbers do not depend on how
+  the weights were chunked.
 """
 
 import math
 import warnings
 
-import numpy as np
 import torch
 
 #: Pareto k-hat above this marks an importance-sampling estimate as unreliable.
@@ -94,39 +96,212 @@ def import_arviz():
     return arviz
 
 
-def pareto_khat(log_weights):
-    """Pareto k-hat of the weights of each data point, shape (N,), by PSIS through arviz.
+#: fewer weights than this give no Pareto fit (k-hat is NaN)
+MIN_KHAT_SAMPLES = 20
 
-    ``arviz.psislw`` takes the log importance ratios themselves (its LOO code passes minus the
-    log-likelihood, which is the log ratio there) with samples along the *last* axis, so the
-    (K, N) weights are transposed. Fewer than about 20 weights give no fit (NaN).
+
+def psis_tail_size(num_samples):
+    """M, the number of largest weights PSIS fits a generalized Pareto distribution to:
+    ceil(min(K / 5, 3 sqrt(K))) (Vehtari et al. 2024, with relative efficiency 1)."""
+    return int(math.ceil(min(num_samples / 5.0, 3 * math.sqrt(num_samples))))
+
+
+def _gpd_shape(tails):
+    """The shape k of a generalized Pareto distribution fitted to each column of ``tails``
+    (n, C), each sorted ascending and positive: the empirical Bayes estimate of Zhang & Stephens
+    (2009) with the weak prior of PSIS (Vehtari et al. 2024), vectorized over the columns."""
+    n = tails.shape[0]
+    prior_bs, prior_k = 3.0, 10.0
+    m_est = 30 + int(n ** 0.5)
+    b = 1 - torch.sqrt(m_est / (torch.arange(1, m_est + 1, dtype=tails.dtype,
+                                             device=tails.device) - 0.5))
+    b = b.unsqueeze(-1) / (prior_bs * tails[int(n / 4 + 0.5) - 1]) + 1 / tails[-1]   # (m, C)
+    k = torch.log1p(-b.unsqueeze(1) * tails.unsqueeze(0)).mean(1)                     # (m, C)
+    length_scale = n * (torch.log(-(b / k)) - k - 1)
+    # weight_j = 1 / sum_i exp(l_i - l_j): the normalized profile likelihood of b_j
+    weights = 1 / torch.exp(length_scale.unsqueeze(0) - length_scale.unsqueeze(1)).sum(1)
+    weights = torch.where(weights >= 10 * torch.finfo(tails.dtype).eps, weights,
+                          torch.zeros_like(weights))
+    weights = weights / weights.sum(0)
+    b_post = (b * weights).sum(0)
+    k_post = torch.log1p(-b_post * tails).mean(0)
+    return (n * k_post + prior_k * 0.5) / (n + prior_k)
+
+
+def pareto_khat_of_top(top, num_samples, columns_at_once=1024):
+    """Pareto k-hat of each data point from its M + 1 largest log weights (``top``, shape
+    (M + 1, N), any order, M = :func:`psis_tail_size`), out of ``num_samples`` in all.
+
+    The tail is the M largest weights above the (M + 1)-th, shifted by it:
+    w - w_(M+1) on the scale where the largest weight is 1, exactly as PSIS (and
+    ``arviz.psislw``) forms it; a tail with ties at the cutoff is shorter, and one of four or
+    fewer weights gives k = inf. NaN for fewer than ``MIN_KHAT_SAMPLES`` weights.
     """
+    top = top.double()
+    num_data = top.shape[1]
+    if num_samples < MIN_KHAT_SAMPLES or num_data == 0:
+        return torch.full((num_data,), math.nan, dtype=torch.float64)
+    x = top.sort(0).values
+    x = x - x[-1]
+    cutoff = torch.clamp(x[0], min=math.log(torch.finfo(torch.float64).tiny))
+    tail = x[1:]
+    above = tail > cutoff
+    shifted = tail.exp() - cutoff.exp()
+    khat = torch.full((num_data,), math.nan, dtype=torch.float64, device=top.device)
+    full = above.all(0) & torch.isfinite(top).all(0)
+    index = full.nonzero().flatten()
+    for start in range(0, index.numel(), columns_at_once):
+        chosen = index[start:start + columns_at_once]
+        if shifted.shape[0] <= 4:
+            khat[chosen] = math.inf
+        else:
+            khat[chosen] = _gpd_shape(shifted[:, chosen])
+    for column in (~full).nonzero().flatten().tolist():   # ties at the cutoff, or -inf weights
+        if not torch.isfinite(top[-1:, column].max()):
+            continue
+        values = shifted[above[:, column], column]
+        khat[column] = math.inf if values.numel() <= 4 else _gpd_shape(values.unsqueeze(1))[0]
+    return khat.cpu()
+
+
+def pareto_khat(log_weights):
+    """Pareto k-hat of the weights of each data point, shape (N,): the shape of a generalized
+    Pareto fit to the largest weights (PSIS, Vehtari et al. 2024). Fewer than
+    ``MIN_KHAT_SAMPLES`` weights give no fit (NaN)."""
     log_weights = _check(log_weights)
-    if log_weights.shape[0] < 20:
+    num_samples = log_weights.shape[0]
+    if num_samples < MIN_KHAT_SAMPLES:
         return torch.full(log_weights.shape[1:], math.nan, dtype=torch.float64)
-    arviz = import_arviz()
-    array = log_weights.T.cpu().numpy()
-    with warnings.catch_warnings():
-        # arviz warns once per call when some k-hat is large; we report k-hat ourselves.
-        warnings.simplefilter("ignore")
-        _, khat = arviz.psislw(np.ascontiguousarray(array), reff=1.0)
-    return torch.as_tensor(np.asarray(khat, dtype=np.float64)).reshape(log_weights.shape[1:])
+    top = log_weights.topk(psis_tail_size(num_samples) + 1, dim=0).values
+    return pareto_khat_of_top(top, num_samples)
+
+
+#: at most this many bytes for the largest weights that the Pareto fits keep per data point
+TAIL_BYTES = 2 ** 30
+
+
+class WeightSummary:
+    """Accumulates what the diagnostics need from (K, N) log weights given chunk by chunk: per
+    data point the largest log weight m, the mean and the sum of squared deviations of
+    w exp(-m) (merged with the pairwise formula of Chan et al. 1979, rescaled as m grows), the
+    same moments of log w (for the ELBO), and the M + 1 largest log weights (for Pareto k-hat).
+
+    The state takes O(N M) memory, M ~ 3 sqrt(K), whatever K is; a K so large that even that
+    does not fit in ``TAIL_BYTES`` is refused before any work is done.
+
+    :param int num_data: N.
+    :param int num_samples: K, the number of weights each data point will receive in all.
+    """
+
+    def __init__(self, num_data, num_samples, device="cpu"):
+        self.num_data, self.num_samples = int(num_data), int(num_samples)
+        self.tail = psis_tail_size(self.num_samples) + 1
+        if self.num_samples < MIN_KHAT_SAMPLES:
+            self.tail = 0
+        needed = 8 * self.num_data * self.tail
+        if needed > TAIL_BYTES:
+            raise ValueError(
+                f"K = {self.num_samples} samples for each of {self.num_data} points needs "
+                f"{needed / 2 ** 30:.1f} GiB for the Pareto tails of the weights (limit "
+                f"{TAIL_BYTES / 2 ** 30:.0f} GiB); evaluate fewer points at once (--num-data) "
+                "or use a smaller K")
+        options = dict(dtype=torch.float64, device=device)
+        self.count = torch.zeros(self.num_data, **options)
+        self.top_log_weight = torch.full((self.num_data,), -math.inf, **options)
+        self.weight_mean = torch.zeros(self.num_data, **options)      # of w exp(-m)
+        self.weight_squares = torch.zeros(self.num_data, **options)   # sum of squared deviations
+        self.log_mean = torch.zeros(self.num_data, **options)
+        self.log_squares = torch.zeros(self.num_data, **options)
+        self.top = torch.full((self.tail, self.num_data), -math.inf, **options)
+        self.bad = torch.zeros(2, dtype=torch.bool, device=device)    # NaN seen, +inf seen
+
+    def update(self, data, log_weights):
+        """Add the weights ``log_weights`` (k, n) of the data points ``data`` (a slice or an
+        index of n points)."""
+        log_weights = log_weights.double()
+        self.bad |= torch.stack([torch.isnan(log_weights).any(),
+                                 (log_weights == math.inf).any()])
+        k = log_weights.shape[0]
+        count = self.count[data]
+        total = count + k
+        # Weights on the scale of the new largest weight; all -inf stays at a scale of 1.
+        chunk_top = log_weights.max(0).values
+        old_top = self.top_log_weight[data]
+        new_top = torch.maximum(old_top, chunk_top)
+        shift = torch.where(torch.isfinite(new_top), new_top, torch.zeros_like(new_top))
+        rescale = torch.exp(old_top - shift)
+        old_mean = self.weight_mean[data] * rescale
+        old_squares = self.weight_squares[data] * rescale ** 2
+        weights = torch.exp(log_weights - shift)
+        chunk_mean = weights.mean(0)
+        chunk_squares = ((weights - chunk_mean) ** 2).sum(0)
+        self.weight_mean[data], self.weight_squares[data] = _merge(
+            count, old_mean, old_squares, k, chunk_mean, chunk_squares)
+        self.top_log_weight[data] = new_top
+        chunk_log_mean = log_weights.mean(0)
+        chunk_log_squares = ((log_weights - chunk_log_mean) ** 2).sum(0)
+        self.log_mean[data], self.log_squares[data] = _merge(
+            count, self.log_mean[data], self.log_squares[data], k, chunk_log_mean,
+            chunk_log_squares)
+        self.count[data] = total
+        if self.tail:
+            merged = torch.cat([self.top[:, data], log_weights])
+            self.top[:, data] = merged.topk(self.tail, dim=0).values
+
+    def result(self):
+        """The per-data-point diagnostics, a dict of (N,) float64 tensors on the CPU: those of
+        :func:`summarize_weights`, plus ``log_weight_mean`` and ``log_weight_stderr`` (the mean
+        of the log weights, the ELBO for guide weights, and its standard error)."""
+        nan_seen, inf_seen = self.bad.tolist()
+        if nan_seen:
+            raise ValueError("log weights contain NaN; check the model, guide and data")
+        if inf_seen:
+            raise ValueError("log weights contain +inf: the proposal puts zero density where "
+                             "the model does not")
+        count, mean = self.count, self.weight_mean
+        estimate = self.top_log_weight + mean.log()
+        nan = torch.full_like(mean, math.nan)
+        spread = (self.weight_squares / (count - 1)).sqrt() if self.num_samples > 1 else nan
+        ess = count * mean ** 2 / (self.weight_squares / count + mean ** 2)
+        log_stderr = (self.log_squares / (count - 1)).sqrt() / count.sqrt() \
+            if self.num_samples > 1 else nan
+        khat = pareto_khat_of_top(self.top, self.num_samples) if self.tail else \
+            torch.full((self.num_data,), math.nan, dtype=torch.float64)
+        result = {
+            "estimate": estimate,
+            "stderr": spread / (count.sqrt() * mean),
+            "ess": ess,
+            "ess_fraction": ess / count,
+            "max_weight": 1 / (count * mean),
+            "log_weight_mean": self.log_mean,
+            "log_weight_stderr": log_stderr,
+        }
+        result = {key: value.cpu() for key, value in result.items()}
+        result["khat"] = khat
+        return result
+
+
+def _merge(count_a, mean_a, squares_a, count_b, mean_b, squares_b):
+    """Mean and sum of squared deviations of two groups merged (Chan, Golub & LeVeque 1979)."""
+    total = count_a + count_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (count_b / total)
+    squares = squares_a + squares_b + delta ** 2 * count_a * count_b / total
+    # A group of -inf weights has NaN moments: its mean stays -inf (log w) or 0 (w).
+    return torch.nan_to_num(mean, nan=0.0), torch.nan_to_num(squares, nan=0.0)
 
 
 def summarize_weights(log_weights):
     """All per-data-point diagnostics of importance weights, as a dict of (N,) float64 tensors:
     ``estimate`` (log p-hat), ``stderr``, ``ess``, ``ess_fraction`` (ESS / K), ``khat`` and
-    ``max_weight``."""
+    ``max_weight``; the same numbers a :class:`WeightSummary` gives for the weights in chunks."""
     log_weights = _check(log_weights)
-    ess = effective_sample_size(log_weights)
-    return {
-        "estimate": log_mean_exp(log_weights),
-        "stderr": log_mean_exp_stderr(log_weights),
-        "ess": ess,
-        "ess_fraction": ess / log_weights.shape[0],
-        "khat": pareto_khat(log_weights),
-        "max_weight": max_normalized_weight(log_weights),
-    }
+    summary = WeightSummary(log_weights.shape[1], log_weights.shape[0], log_weights.device)
+    summary.update(slice(None), log_weights)
+    result = summary.result()
+    for key in ("log_weight_mean", "log_weight_stderr"):
+        result.pop(key)
+    return result
 
 
 def fraction_flagged(khat, threshold=KHAT_THRESHOLD):

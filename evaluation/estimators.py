@@ -19,6 +19,7 @@ quadrature grid integration of p(x | z) p(z)                            z_dim <=
 ========== =========================================================== ==========================
 """
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,10 +27,10 @@ from dataclasses import dataclass, field
 import torch
 
 from evaluation import ais as annealing
-from evaluation.diagnostics import (KHAT_THRESHOLD, fraction_flagged, mean_stderr,
+from evaluation.diagnostics import (KHAT_THRESHOLD, WeightSummary, fraction_flagged,
                                     summarize_weights)
 from evaluation.quadrature import quadrature_log_marginal
-from inference.log_weights import check_num_samples, log_importance_weights
+from inference.log_weights import check_num_samples, log_weight_chunks
 from models.base.config import ConfigError, did_you_mean
 from models.base.registry import Registry
 
@@ -95,53 +96,66 @@ def _nan(num_data):
 
 
 def _from_weights(name, log_weights, num_samples, info=None):
-    diagnostics = {key: value.cpu() for key, value in summarize_weights(log_weights).items()}
+    return _from_summary(name, summarize_weights(log_weights), num_samples, info)
+
+
+def _from_summary(name, diagnostics, num_samples, info=None):
     return Estimate(name, diagnostics["estimate"], diagnostics["stderr"], diagnostics["ess"],
                     diagnostics["khat"], diagnostics["max_weight"], num_samples,
                     info=info or {})
 
 
-def elbo(model, guide, x, num_samples, *, max_batch_elements=None):
+def _streamed(model, guide, x, num_samples, progress=False, **options):
+    """The diagnostics of K weights per point, reduced chunk by chunk as they are computed, so
+    that no K x N array is ever held (see :class:`evaluation.diagnostics.WeightSummary`)."""
+    summary = WeightSummary(x.shape[0], num_samples, x.device)
+    for data, _, log_weights in log_weight_chunks(model, guide, x, num_samples,
+                                                  progress=progress, **options):
+        summary.update(data, log_weights)
+    return summary.result()
+
+
+def elbo(model, guide, x, num_samples, *, max_batch_elements=None, progress=False):
     """The ELBO, E_q[log p(x, z) - log q(z | x)], averaged over K draws: a lower bound."""
-    log_weights = log_importance_weights(model, guide, x, num_samples,
-                                         max_batch_elements=max_batch_elements)
-    mean, stderr = mean_stderr(log_weights)
-    result = _from_weights("elbo", log_weights, num_samples)
+    diagnostics = _streamed(model, guide, x, num_samples, progress,
+                            max_batch_elements=max_batch_elements)
+    result = _from_summary("elbo", diagnostics, num_samples)
     # k-hat judges a log-mean-exp of weights; the ELBO is a plain mean of log weights, whose
     # standard error is trustworthy, so it is not flagged.
-    result.estimate, result.stderr = mean.cpu(), stderr.cpu()
-    result.khat = _nan(mean.numel())
+    result.estimate = diagnostics["log_weight_mean"]
+    result.stderr = diagnostics["log_weight_stderr"]
+    result.khat = _nan(x.shape[0])
     return result
 
 
-def importance(model, guide, x, num_samples, *, max_batch_elements=None):
-    """Importance sampling with the guide as proposal: the IWAE bound of Burda et al. (2015)."""
-    log_weights = log_importance_weights(model, guide, x, num_samples,
-                                         max_batch_elements=max_batch_elements)
-    return _from_weights("importance", log_weights, num_samples)
+def importance(model, guide, x, num_samples, *, max_batch_elements=None, progress=False):
+    """Importance sampling with the guide as proposal: the IWAE bound of Burda et al. (2016)."""
+    return _from_summary("importance", _streamed(
+        model, guide, x, num_samples, progress, max_batch_elements=max_batch_elements),
+        num_samples)
 
 
-def prior(model, guide, x, num_samples, *, max_batch_elements=None):
+def prior(model, guide, x, num_samples, *, max_batch_elements=None, progress=False):
     """The naive estimator: z ~ p(z), log p-hat = log mean_k p(x | z_k). Unbiased in p(x) but its
     variance grows exponentially with the latent dimension."""
-    log_weights = log_importance_weights(model, guide, x, num_samples, proposal="prior",
-                                         max_batch_elements=max_batch_elements)
-    return _from_weights("prior", log_weights, num_samples)
+    return _from_summary("prior", _streamed(
+        model, guide, x, num_samples, progress, proposal="prior",
+        max_batch_elements=max_batch_elements), num_samples)
 
 
-def mixture(model, guide, x, num_samples, *, mixture_weight=0.5, max_batch_elements=None):
+def mixture(model, guide, x, num_samples, *, mixture_weight=0.5, max_batch_elements=None,
+            progress=False):
     """Defensive importance sampling (Hesterberg 1995) with proposal a q(z | x) + (1 - a) p(z)."""
-    log_weights = log_importance_weights(model, guide, x, num_samples, proposal="mixture",
-                                         mixture_weight=mixture_weight,
-                                         max_batch_elements=max_batch_elements)
-    return _from_weights("mixture", log_weights, num_samples,
-                         info={"mixture_weight": mixture_weight})
+    return _from_summary("mixture", _streamed(
+        model, guide, x, num_samples, progress, proposal="mixture",
+        mixture_weight=mixture_weight, max_batch_elements=max_batch_elements), num_samples,
+        info={"mixture_weight": mixture_weight})
 
 
 def ais(model, guide, x, num_samples, *, ais_steps=annealing.STEPS,
         ais_leapfrog=annealing.LEAPFROG, ais_step_size=annealing.STEP_SIZE,
         ais_target_accept=annealing.TARGET_ACCEPT, ais_schedule=annealing.SCHEDULE,
-        ais_start="prior", max_batch_elements=None):
+        ais_start="prior", max_batch_elements=None, progress=False):
     """Annealed importance sampling with ``num_samples`` chains per data point
     (see :mod:`evaluation.ais`)."""
     log_weights, info = annealing.ais_log_weights(
@@ -154,7 +168,7 @@ def ais(model, guide, x, num_samples, *, ais_steps=annealing.STEPS,
     return _from_weights("ais", log_weights, num_samples, info=info)
 
 
-def exact(model, guide, x, num_samples=None):
+def exact(model, guide, x, num_samples=None, progress=False):
     """The closed-form log p(x) of a linear-Gaussian model (probabilistic PCA)."""
     from models.linear_gaussian import log_marginal
 
@@ -166,7 +180,7 @@ def exact(model, guide, x, num_samples=None):
 
 
 def quadrature(model, guide, x, num_samples=None, *, quadrature_tolerance=1e-4,
-               max_batch_elements=None):
+               max_batch_elements=None, progress=False):
     """Adaptive grid integration for latent dimension <= 2 (see :mod:`evaluation.quadrature`)."""
     values, error, points = quadrature_log_marginal(
         model, x, tolerance=quadrature_tolerance, max_batch_elements=max_batch_elements)
@@ -180,7 +194,8 @@ class EstimatorRegistry(Registry):
     **options) -> Estimate``; ``deterministic`` ones ignore K."""
 
     def __init__(self, entries, deterministic=()):
-        super().__init__("estimator", entries, context=("model", "guide", "x", "num_samples"))
+        super().__init__("estimator", entries,
+                         context=("model", "guide", "x", "num_samples", "progress"))
         self.deterministic = set(deterministic)
 
     def register(self, name, function, deterministic=False):
@@ -210,9 +225,10 @@ def options_for(name, options):
     return {key: value for key, value in options.items() if key in accepted}
 
 
-def estimate(name, model, guide, x, num_samples, **options):
+def estimate(name, model, guide, x, num_samples, progress=False, **options):
     """Run the estimator called ``name`` with ``options`` and time it. An option it does not
-    take is an error (pick the relevant ones with :func:`options_for`)."""
+    take is an error (pick the relevant ones with :func:`options_for`). ``progress`` shows a
+    progress bar over the chunks of a long estimate."""
     function = ESTIMATORS.get(name)
     accepted = ESTIMATORS.options(name)
     for key in options:
@@ -223,6 +239,8 @@ def estimate(name, model, guide, x, num_samples, **options):
     if ESTIMATORS.uses_samples(name):
         num_samples = check_num_samples(num_samples)
     start = time.perf_counter()
+    if "progress" in inspect.signature(function).parameters:
+        options = dict(options, progress=progress)
     with torch.no_grad():
         result = function(model, guide, x, num_samples, **options)
     if x.is_cuda:

@@ -15,8 +15,9 @@ import os
 import torch
 
 from inference.build import build, resolve
-from models.base.config import ConfigError
+from models.base.config import ConfigError, RunConfig
 from models.base.io import atomic_torch_save
+from models.base.registry import refuse_imports_from
 
 FORMAT = "pyro-vae-checkpoint"
 VERSION = 2
@@ -73,24 +74,70 @@ def checkpoint_path(path, prefer=BEST):
     return path
 
 
-def load_checkpoint(path, map_location="cpu", prefer=BEST):
-    """Read a checkpoint file or the checkpoint of a run folder, with clear errors."""
-    path = checkpoint_path(path, prefer)
+#: what every checkpoint holds, and the type of each entry
+ENTRIES = {"config": dict, "model": dict, "guide": dict, "optimizer": dict, "epoch": int,
+           "metrics": list, "best": dict, "rng": dict}
+
+
+def custom_parts(config):
+    """The ``module:Class`` names a RunConfig asks to import, as (family, name) pairs."""
+    parts = [("architecture", config.model.architecture), ("prior", config.model.prior),
+             ("likelihood", config.model.likelihood), ("guide", config.model.guide),
+             ("objective", config.training.objective)]
+    return [(family, spec.name) for family, spec in parts if ":" in spec.name]
+
+
+def _read(path, map_location):
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch reports truncation and corruption in many ways
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if "weights_only" in str(error):
+            # Never pass on torch's advice to load with weights_only=False: for a file from
+            # elsewhere that would run whatever code the file carries.
+            first = ("it holds Python objects other than tensors and plain data, which this "
+                     "project never unpickles")
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupt or truncated: "
-            f"{type(error).__name__}: {error}); use another checkpoint or retrain") from error
+            f"{path} is not a readable checkpoint ({type(error).__name__}: {first}); it is "
+            "corrupt, truncated or not one of this project's; use another checkpoint or "
+            "retrain") from error
+
+
+def load_checkpoint(path, map_location="cpu", prefer=BEST, trust=()):
+    """Read a checkpoint file or the checkpoint of a run folder, with clear errors.
+
+    Nothing is imported or called that the caller did not allow: the file is read with
+    ``weights_only=True`` (tensors and plain data only); every part name is looked up in the
+    registries; a part named ``module:Class`` (code to import) is refused unless ``trust`` is
+    True or names it, and even then a module inside the run folder is never imported.
+
+    :param trust: True to allow every ``module:Class`` the run names, or a collection of the
+        names allowed (``--trust-run``, or naming the part again on the command line).
+    """
+    path = checkpoint_path(path, prefer)
+    checkpoint = _read(path, map_location)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no {FORMAT!r} tag)")
     if checkpoint.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path} has checkpoint version {checkpoint.get('version')}; "
                               f"this version of the project reads versions "
                               f"{', '.join(map(str, READABLE_VERSIONS))}")
+    for key, kind in ENTRIES.items():
+        if not isinstance(checkpoint.get(key), kind) or isinstance(checkpoint.get(key), bool):
+            raise CheckpointError(f"{path} lacks a valid {key!r} entry (a {kind.__name__}); it "
+                                  "is damaged or was not written by this project")
     try:
-        # Version 1 stored a flat dict; from_dict converts it. Either way the result is checked.
-        checkpoint["config"] = resolve(checkpoint.get("config"))
+        # Version 1 stored a flat dict; from_dict converts it. Reading it imports nothing.
+        config = RunConfig.from_dict(checkpoint["config"])
+        untrusted = [f"the {family} {name!r}" for family, name in custom_parts(config)
+                     if not (trust is True or name in (trust or ()))]
+        if untrusted:
+            raise CheckpointError(
+                f"{path} names code to import: {', '.join(untrusted)}. Loading it would run "
+                "that module. If the module is yours and you trust where this run came from, "
+                "pass --trust-run (from Python: trust=True)")
+        with refuse_imports_from(os.path.dirname(os.path.abspath(path))):
+            checkpoint["config"] = resolve(config)
     except ConfigError as error:
         raise CheckpointError(f"{path} holds a configuration this project cannot use: "
                               f"{error}") from error

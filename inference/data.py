@@ -76,7 +76,28 @@ def read_mnist(data_dir, download=False):
     except Exception as error:
         raise DataError(f"could not read the MNIST files in {raw} (corrupt or truncated?): "
                         f"{error}") from error
+    check_mnist(train.data, train.targets, test.data, test.targets)
     return train.data, train.targets, test.data, test.targets
+
+
+def check_mnist(train_images, train_labels, test_images, test_labels):
+    """Refuse MNIST files that do not fit together: a label file whose length differs from its
+    image file's (the labels would shift), images that are not 28 x 28, or training and test
+    files that look swapped."""
+    for images, labels, image_file, label_file in (
+            (train_images, train_labels, MNIST_FILES[0], MNIST_FILES[1]),
+            (test_images, test_labels, MNIST_FILES[2], MNIST_FILES[3])):
+        if len(labels) != len(images):
+            raise DataError(f"{label_file} holds {len(labels)} labels but {image_file} holds "
+                            f"{len(images)} images; they must come from the same release of "
+                            "MNIST (replace the wrong file)")
+        if tuple(images.shape[1:]) != (28, 28):
+            raise DataError(f"{image_file} holds images of shape {tuple(images.shape[1:])}, not "
+                            "28 x 28; it is not an MNIST image file")
+    if len(train_images) < len(test_images):
+        raise DataError(f"{MNIST_FILES[0]} holds {len(train_images)} images and {MNIST_FILES[2]} "
+                        f"{len(test_images)}: the training and test files look swapped (MNIST "
+                        "has 60000 training and 10000 test images)")
 
 
 def read_mnist_subset(path=SUBSET_PATH):
@@ -198,9 +219,14 @@ def _binarized_splits(grey, labels, binarize):
 def _mnist_dataset(name, images, labels, binarize, num_validation):
     train_images, test_images = images
     train_labels, test_labels = labels
-    if num_validation is None:
+    given = num_validation is not None
+    if not given:
         num_validation = DEFAULT_NUM_VALIDATION[name]
     if not 0 < num_validation < len(train_images):
+        if not given:
+            raise DataError(f"the training file holds only {len(train_images)} images, too few "
+                            f"to hold out the default {num_validation} for validation; pass a "
+                            "smaller --num-validation")
         raise DataError(f"--num-validation must be between 1 and {len(train_images) - 1}, "
                         f"got {num_validation}")
     n_train = len(train_images) - num_validation

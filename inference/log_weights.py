@@ -19,6 +19,7 @@ objectives such as the IWAE bound differentiate through these weights.
 import pyro
 import torch
 from pyro import poutine
+from tqdm.auto import tqdm
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
@@ -127,6 +128,35 @@ def _check_data(x):
         raise ValueError("data contains NaN or infinite values; remove or impute them first")
 
 
+def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
+                      proposal="guide", mixture_weight=0.5, progress=False):
+    """Yield ``(data_slice, particle_slice, log_weights)`` chunk by chunk: the log importance
+    weights of the particles ``particle_slice`` for the data points ``data_slice``, a tensor of
+    shape (particles, points), with at most ``max_batch_elements`` pairs per chunk. Together the
+    chunks tile the K x N grid once, so K can be far larger than memory holds when the caller
+    reduces each chunk as it comes (see ``evaluation.diagnostics.WeightSummary``).
+
+    The arguments are those of :func:`log_importance_weights`; ``progress`` shows a progress
+    bar when there is more than one chunk.
+    """
+    num_samples = check_num_samples(num_samples)
+    _check_data(x)
+    if proposal not in ("guide", "prior", "mixture"):
+        raise ValueError(f"unknown proposal {proposal!r}; valid: guide, prior, mixture")
+    if proposal == "mixture" and not 0.0 < mixture_weight < 1.0:
+        raise ValueError(f"the mixture weight a must lie in (0, 1), got {mixture_weight}")
+    if max_batch_elements is None:
+        max_batch_elements = default_max_batch_elements(x[0].numel())
+    scorer = _Scorer(model, guide, x)
+    tiles = list(chunks(x.shape[0], num_samples, max_batch_elements))
+    bar = tqdm(tiles, desc="log weights", unit="chunk", leave=False, dynamic_ncols=True,
+               disable=not progress or len(tiles) < 2)
+    for data_slice, particle_slice in bar:
+        k = particle_slice.stop - particle_slice.start
+        yield data_slice, particle_slice, _chunk_log_weights(scorer, x[data_slice], k, proposal,
+                                                             mixture_weight)
+
+
 def log_importance_weights(model, guide, x, num_samples, *, max_batch_elements=None,
                            proposal="guide", mixture_weight=0.5):
     """The (K, N) log importance weights of K particles for each of N data points.
@@ -146,20 +176,11 @@ def log_importance_weights(model, guide, x, num_samples, *, max_batch_elements=N
     """
     num_samples = check_num_samples(num_samples)
     _check_data(x)
-    if proposal not in ("guide", "prior", "mixture"):
-        raise ValueError(f"unknown proposal {proposal!r}; valid: guide, prior, mixture")
-    if proposal == "mixture" and not 0.0 < mixture_weight < 1.0:
-        raise ValueError(f"the mixture weight a must lie in (0, 1), got {mixture_weight}")
-    if max_batch_elements is None:
-        max_batch_elements = default_max_batch_elements(x[0].numel())
-    scorer = _Scorer(model, guide, x)
-    num_data = x.shape[0]
-    log_weights = torch.empty(num_samples, num_data, device=x.device)
-    for data_slice, particle_slice in chunks(num_data, num_samples, max_batch_elements):
-        x_chunk = x[data_slice]
-        k = particle_slice.stop - particle_slice.start
-        log_weights[particle_slice, data_slice] = _chunk_log_weights(
-            scorer, x_chunk, k, proposal, mixture_weight)
+    log_weights = torch.empty(num_samples, x.shape[0], device=x.device)
+    for data_slice, particle_slice, chunk in log_weight_chunks(
+            model, guide, x, num_samples, max_batch_elements=max_batch_elements,
+            proposal=proposal, mixture_weight=mixture_weight):
+        log_weights[particle_slice, data_slice] = chunk
     return log_weights
 
 

@@ -6,14 +6,15 @@ from inference.checkpoint import load_checkpoint, restore
 from inference.data import load_dataset
 
 
-def load_run(path, device="cpu", data_dir=None):
+def load_run(path, device="cpu", data_dir=None, trust=()):
     """Rebuild the model and guide of a run folder or checkpoint and load its data set.
 
     :param str data_dir: read the data from here instead of the folder stored in the run.
+    :param trust: which ``module:Class`` parts the run may import (see ``load_checkpoint``).
     :returns: (model, guide, dataset, config, checkpoint path); model and guide in eval mode
         with gradients switched off; ``config`` a RunConfig.
     """
-    checkpoint = load_checkpoint(path, map_location=device)
+    checkpoint = load_checkpoint(path, map_location=device, trust=trust)
     model, guide, config = restore(checkpoint, device)
     model.requires_grad_(False), guide.requires_grad_(False)
     if data_dir is not None:

@@ -14,6 +14,7 @@ where an uninterrupted run with the same seed ends (on the CPU; GPU kernels are 
 deterministic).
 """
 
+import contextlib
 import csv
 import io
 import math
@@ -29,7 +30,8 @@ from tqdm.auto import tqdm
 from inference.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
 from inference.log_weights import log_importance_weights
 from inference.objectives import ScaleLatents, kl_weight, make_loss, warmed
-from models.base.io import atomic_write_json, atomic_write_text
+from inference.run_folder import repair
+from models.base.io import atomic_copy, atomic_write_json, atomic_write_text
 
 # train_elbo is the training objective per point (the IWAE bound for --objective iwae, the
 # KL-weighted ELBO during warm-up); validation_elbo is always the plain ELBO.
@@ -93,11 +95,17 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
     optimizer = Adam({"lr": training.learning_rate})
     metrics, best, start_epoch = [], {"epoch": 0, "validation_elbo": -math.inf}, 0
     if checkpoint is not None:
+        if training.num_epochs < checkpoint["epoch"]:
+            raise ValueError(f"the run in {out_dir} has finished {checkpoint['epoch']} epochs; "
+                             f"--num-epochs {training.num_epochs} would not continue it (give "
+                             "the total number of epochs, more than that)")
+        repair(out_dir, checkpoint, write_metrics, after_epoch)
         optimizer.set_state(checkpoint["optimizer"])
         metrics, best, start_epoch = checkpoint["metrics"], checkpoint["best"], checkpoint["epoch"]
         set_rng_state(checkpoint["rng"])
         log(f"resuming {out_dir} after epoch {start_epoch}")
-    atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+    else:
+        atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
 
     scaler = ScaleLatents(1.0)
     svi = SVI(warmed(model, scaler), warmed(guide, scaler), optimizer, make_loss(training))
@@ -109,6 +117,7 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
     num_epochs = training.num_epochs
 
     model.train(), guide.train()
+    watch = DivergenceWatch(training.learning_rate)
     for epoch in range(start_epoch + 1, num_epochs + 1):
         start = time.perf_counter()
         total, steps = 0.0, 0
@@ -116,8 +125,11 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
                    disable=not progress, leave=False, dynamic_ncols=True)
         for x in train.batches(batch_size, shuffle=True, drop_last=drop_last):
             scaler.weight = kl_weight(training.kl_warmup_epochs, epoch, steps + 1, num_batches)
-            total += _step(svi, x, num_data, training.jit,
-                           first=steps == 0 and epoch == start_epoch + 1)
+            with watch.step(epoch, steps + 1, (model, guide)):
+                loss = _step(svi, x, num_data, training.jit,
+                             first=steps == 0 and epoch == start_epoch + 1)
+                watch.check(-loss / num_data)
+            total += loss
             steps += 1
             bar.update()
             if steps % 10 == 0 or steps == num_batches:
@@ -125,9 +137,6 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
         bar.close()
         seconds = time.perf_counter() - start
         train_elbo = -total / steps / num_data
-        if not math.isfinite(train_elbo):
-            raise ValueError(f"the training loss became {train_elbo} in epoch {epoch}; lower "
-                             "--learning-rate or check the data")
         validation_elbo = mean_elbo(model, guide, dataset.validation)
         metrics.append({"epoch": epoch, "train_elbo": train_elbo,
                         "validation_elbo": validation_elbo, "kl_weight": scaler.weight,
@@ -135,17 +144,63 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
         improved = validation_elbo > best["validation_elbo"]
         if improved:
             best = {"epoch": epoch, "validation_elbo": validation_elbo}
-        state = dict(config=config, model=model, guide=guide, optimizer=optimizer, epoch=epoch,
-                     metrics=metrics, best=best, rng=rng_state())
-        save_checkpoint(os.path.join(out_dir, LAST), **state)
+        # The checkpoint is the epoch's commit point; best.pt and the rest follow from it, and
+        # run_folder.repair restores them from it after a crash (see inference/run_folder.py).
+        save_checkpoint(os.path.join(out_dir, LAST), config=config, model=model, guide=guide,
+                        optimizer=optimizer, epoch=epoch, metrics=metrics, best=best,
+                        rng=rng_state())
         if improved:
-            save_checkpoint(os.path.join(out_dir, BEST), **state)
+            atomic_copy(os.path.join(out_dir, LAST), os.path.join(out_dir, BEST))
         write_metrics(out_dir, metrics)
         if after_epoch is not None:
             after_epoch(out_dir, metrics)
         log(f"epoch {epoch:3d}/{num_epochs}  train ELBO {train_elbo:9.3f}  validation ELBO "
             f"{validation_elbo:9.3f}  ({seconds:.1f} s){'  *best*' if improved else ''}")
     return _summarize(model, guide, dataset, config, out_dir, metrics, best)
+
+
+class TrainingDiverged(ValueError):
+    """The training objective or the parameters left the finite numbers, or ran away."""
+
+
+class DivergenceWatch:
+    """Stops a run whose training objective runs away: a non-finite loss or parameters, or an
+    ELBO per data point below ``factor`` times the first one seen (which, at the start of
+    training, is already as bad as an untrained model gets)."""
+
+    def __init__(self, learning_rate, factor=100.0):
+        self.learning_rate, self.factor = learning_rate, factor
+        self.first = None
+        self.where = (0, 0)
+
+    @contextlib.contextmanager
+    def step(self, epoch, step, modules):
+        self.where = (epoch, step)
+        try:
+            yield
+        except ValueError as error:
+            # Pyro's validation refuses the non-finite parameters of a diverged model.
+            finite = all(torch.isfinite(p).all() for module in modules
+                         for p in module.parameters())
+            if self.first is None or finite:
+                raise
+            self._stop(f"the parameters became non-finite ({type(error).__name__})")
+
+    def check(self, elbo_per_point):
+        if not math.isfinite(elbo_per_point):
+            self._stop(f"the training objective became {elbo_per_point}")
+        if self.first is None:
+            self.first = elbo_per_point
+        elif elbo_per_point < self.factor * min(self.first, -1.0):
+            self._stop(f"the training ELBO fell to {elbo_per_point:.3g} nats per data point, "
+                       f"from {self.first:.3g} at the start")
+
+    def _stop(self, what):
+        epoch, step = self.where
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch} (step {step}): {what}; lower --learning-rate "
+            f"(now {self.learning_rate:g}) and train again (files of finished epochs are "
+            "intact)")
 
 
 def _step(svi, x, num_data, jit, first):
@@ -163,7 +218,7 @@ def _summarize(model, guide, dataset, config, out_dir, metrics, best):
     """Score the best-on-validation parameters on the test split and write summary.json."""
     from inference.checkpoint import load_checkpoint, load_state
 
-    best_checkpoint = load_checkpoint(os.path.join(out_dir, BEST),
+    best_checkpoint = load_checkpoint(os.path.join(out_dir, BEST), trust=True,
                                       map_location=next(model.parameters()).device)
     with torch.random.fork_rng(devices=[]):
         # Restore afterwards so that scoring does not perturb the generator state of the run.

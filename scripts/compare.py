@@ -27,10 +27,12 @@ from evaluation.reporting.tables import (ESTIMATE_COLUMNS, PAIRED_COLUMNS, RUN_C
                                          csv_text, render)
 from models.base.cli import entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_text
+from models.base.io import atomic_write_text, refuse_to_overwrite
 
 SUMMARY_FIELDS = ("run", "estimator", "num_samples", "num_data", "log_px_mean", "log_px_stderr",
                   "log_px_data_stderr", "ess_mean", "khat_frac_above_0_7", "seconds")
+OUTPUTS = ("comparison.md", "comparison.csv", "convergence.png", "paired.csv", "paired.png",
+           "report.html")
 PAIRED_FIELDS = ("run", "baseline", "estimator", "num_samples", "num_data", "mean_difference",
                  "paired_stderr", "unpaired_stderr")
 
@@ -55,7 +57,7 @@ def evaluate_run(opened, label, names, grid, args, options):
         for num_samples in sizes:
             pyro.set_rng_seed(seed)
             result = estimate(name, opened.model, opened.guide, opened.x, num_samples,
-                              **options_for(name, options))
+                              progress=not args.no_progress, **options_for(name, options))
             results[name, num_samples] = result
             print(f"  {label}  {name:<11} K={num_samples:<6} log p(x) "
                   f"{result.summary()['log_px_mean']:10.3f}  ({result.seconds:.1f} s)")
@@ -125,6 +127,7 @@ def _main(args):
         raise ConfigError(f"--num-samples needs positive integers, got {args.num_samples}")
     cli.check_positive(args, "num_data", "ais_chains")
     options = cli.estimator_options(args, names)
+    refuse_to_overwrite([os.path.join(args.out, name) for name in OUTPUTS], args.overwrite)
     labels = [run_label(path) for path in args.runs]
     if len(set(labels)) != len(labels):
         labels = [f"{i}:{label}" for i, label in enumerate(labels)]

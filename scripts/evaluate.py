@@ -31,7 +31,7 @@ from evaluation.reporting.tables import csv_text, per_point_rows, render
 from inference.local import fit_local_guide
 from models.base.cli import entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_json, atomic_write_text
+from models.base.io import atomic_write_json, atomic_write_text, refuse_to_overwrite
 from models.base.registry import option_defaults
 
 #: the flags of the local fit and the parameters of fit_local_guide they set, whose defaults
@@ -71,6 +71,8 @@ def _main(args):
     if args.bdmc is not None and args.bdmc < 0:
         raise ConfigError(f"--bdmc must be 0 or more, got {args.bdmc}")
     options = cli.estimator_options(args, names, also=("ais",) if args.bdmc else ())
+    if args.out:
+        refuse_to_overwrite([args.out, csv_path(args.out)], args.overwrite)
     opened = cli.open_run(args)
     model, x, seed = opened.model, opened.x, 0 if args.seed is None else args.seed
     print(f"{opened.path}: {opened.config.data.dataset} {args.split} split, {x.shape[0]} data "
@@ -80,7 +82,7 @@ def _main(args):
     for name in names:
         pyro.set_rng_seed(seed)  # each estimator's numbers do not depend on the others
         result = estimate(name, model, guide, x, cli.num_samples_for(name, args),
-                          **options_for(name, options))
+                          progress=not args.no_progress, **options_for(name, options))
         summaries.append(result.summary())
         rows += per_point_rows(result, opened.labels)
     print(render(summaries))
@@ -113,10 +115,15 @@ def _main(args):
               f"{report['bdmc']['upper']:.3f} (gap {report['bdmc']['gap']:.3f} nats)")
     if args.out:
         atomic_write_json(args.out, report)
-        table = os.path.splitext(args.out)[0] + ".csv"
+        table = csv_path(args.out)
         atomic_write_text(table, csv_text(rows))
         print(f"wrote {args.out} and {table}")
     return report
+
+
+def csv_path(json_path):
+    """The per-point CSV written beside the JSON summary."""
+    return os.path.splitext(json_path)[0] + ".csv"
 
 
 def format_gaps(gaps, num_samples):

@@ -28,7 +28,7 @@ from evaluation.reporting.html import figure_html, note, page, settings_html
 from evaluation.reporting.tables import SETTING_COLUMNS, render
 from models.base.cli import comma_list, entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_json, atomic_write_text
+from models.base.io import atomic_write_json, atomic_write_text, refuse_to_overwrite
 from models.linear_gaussian import is_linear_gaussian
 
 CAPTIONS = {
@@ -109,6 +109,9 @@ def _main(args):
     model, guide, dataset = opened.model, opened.guide, opened.dataset
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
     out = args.out or run_dir
+    refuse_to_overwrite([os.path.join(out, name) for name in FIGURES + ("explore.json",
+                                                                        "report.html")],
+                        args.overwrite)
     os.makedirs(out, exist_ok=True)
     image_shape = story.image_shape_of(model, opened.config.model.image_shape)
     test, test_labels = dataset.select("test")

@@ -2,7 +2,7 @@
 
 Example::
 
-    python scripts/flag_reference.py            # writes docs/flags.md (run from the root)
+    python scripts/flag_reference.py --overwrite   # rewrites docs/flags.md (from the root)
     python scripts/flag_reference.py --check    # exit 2 if docs/flags.md is out of date
 """
 
@@ -12,7 +12,7 @@ import os
 from evaluation.reporting import cli
 from models.base.cli import entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_text
+from models.base.io import atomic_write_text, refuse_to_overwrite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = ("train", "evaluate", "compare", "explore", "tutorial", "make_mnist_subset",
@@ -45,6 +45,7 @@ def _main(args):
                                   "scripts/flag_reference.py")
         print(f"{args.out} is up to date")
         return text
+    refuse_to_overwrite([args.out], args.overwrite)
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}")
     return text
@@ -56,6 +57,7 @@ def make_parser():
     parser.add_argument("--out", default=DEFAULT_OUT, help="the Markdown file to write")
     parser.add_argument("--check", action="store_true",
                         help="compare with the file instead of writing it")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from evaluation.reporting import cli
 from inference.data import MNIST_FILES, default_data_dir, read_mnist
 from models.base.cli import entry_point
-from models.base.io import atomic_write_bytes
+from models.base.io import atomic_write_bytes, refuse_to_overwrite
 
 DEFAULT_OUT = os.path.join("inference", "assets", "mnist_subset.npz")
 
@@ -31,8 +31,16 @@ def md5(path):
 
 
 def _main(args):
+    for name in ("num_train", "num_test"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"{cli.flag(name)} must be at least 1, got {getattr(args, name)}")
+    refuse_to_overwrite([args.out], args.overwrite)
     args.data_dir = args.data_dir or default_data_dir()
     train_images, train_labels, test_images, test_labels = read_mnist(args.data_dir)
+    for name, images in (("num_train", train_images), ("num_test", test_images)):
+        if getattr(args, name) > len(images):
+            raise ValueError(f"{cli.flag(name)} {getattr(args, name)} exceeds the {len(images)} "
+                             "images of the file")
     raw = os.path.join(args.data_dir, "MNIST", "raw")
     sources = ", ".join(f"{name} (md5 {md5(os.path.join(raw, name))})" for name in MNIST_FILES)
     provenance = (
@@ -63,6 +71,7 @@ def make_parser():
     group.add_argument("--num-test", type=int, default=500,
                        help="how many of the first test images to keep")
     group.add_argument("--out", default=DEFAULT_OUT, help="the .npz file to write")
+    group.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
 
 

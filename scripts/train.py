@@ -8,6 +8,7 @@ Examples::
     python scripts/train.py --dataset mnist-subset --prior my_priors:StudentT --prior-option df=3
 """
 
+import json
 import os
 import time
 
@@ -15,8 +16,9 @@ import pyro
 
 from evaluation.reporting import cli, plots
 from inference.build import build, resolve
-from inference.checkpoint import LAST, load_checkpoint, load_state
+from inference.checkpoint import LAST, custom_parts, load_checkpoint, load_state
 from inference.data import default_data_dir, load_dataset, resolve_binarize
+from inference.run_folder import RunFolder
 from inference.training import fit
 from models.base.cli import entry_point
 from models.base.config import ConfigError, RunConfig
@@ -30,6 +32,23 @@ def make_config(args):
                            "data.data_dir": config.data.data_dir or default_data_dir()})
 
 
+def read_config(path, trust):
+    """The configuration in a run folder's config.json, checked like a checkpoint's (a part
+    that names code to import needs ``trust``)."""
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+        config = RunConfig.from_dict(data)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{path} is not a readable run configuration ({error}); pass "
+                          "--overwrite to start afresh") from error
+    untrusted = [name for _, name in custom_parts(config) if not (trust is True or name in trust)]
+    if untrusted:
+        raise ConfigError(f"{path} names code to import ({', '.join(untrusted)}); pass "
+                          "--trust-run if the run is yours")
+    return resolve(config)
+
+
 def draw_curves(out_dir, metrics):
     plots.training_curves(metrics, os.path.join(out_dir, "elbo.png"))
 
@@ -39,16 +58,24 @@ def _main(args):
     if args.out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.out = os.path.join("runs", f"{args.dataset or 'mnist'}-z{args.z_dim or 50}-{stamp}")
-    last = os.path.join(args.out, LAST)
+    with RunFolder(args.out) as folder:
+        return train(args, folder)
+
+
+def train(args, folder):
+    """Train into ``folder`` (held by this process) as ``args`` say."""
+    last = folder.file(LAST)
     checkpoint = None
-    if args.resume and os.path.isfile(last):
-        checkpoint = load_checkpoint(last, prefer=LAST)
+    how = folder.start(args.resume, args.overwrite)
+    if how == "resume":
+        checkpoint = load_checkpoint(last, prefer=LAST, trust=cli.trusted_parts(args))
         stored = checkpoint["config"]
         config = cli.resumed_config(stored, cli.config_changes(args, stored))
+    elif how == "restart":
+        print(f"{args.out} holds a run that finished no epoch; starting it again")
+        stored = read_config(folder.file("config.json"), cli.trusted_parts(args))
+        config = cli.resumed_config(stored, cli.config_changes(args, stored))
     else:
-        if os.path.isfile(last):
-            raise ConfigError(f"{args.out} already holds a run; pass --resume to continue it "
-                              "or choose another --out")
         if args.resume:
             print(f"no checkpoint in {args.out} yet; starting a new run there")
         config = make_config(args)
@@ -86,6 +113,11 @@ def make_parser():
                        help="run folder (default: runs/<dataset>-z<z-dim>-<time>)")
     group.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last checkpoint")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the files of an earlier run in --out")
+    group.add_argument("--trust-run", action="store_true",
+                       help="allow the resumed run's own parts (module:Class) to be imported; "
+                       "naming a part again (--prior my_parts:StudentT) allows that one")
     cli.add_common_flags(parser)
     return parser
 

@@ -3,7 +3,7 @@ its report, and write ``docs/tutorial.md`` quoting the numbers this run produced
 
 Example (about 5 minutes on two CPU cores)::
 
-    python scripts/tutorial.py --data-dir ../data
+    python scripts/tutorial.py --data-dir ../data --overwrite
 
 It runs ``train.py`` (skipped when ``--run`` already holds a finished run), then ``explore.py``,
 then copies the figures into ``--docs``/figures (re-encoded with a 64-colour palette so that
@@ -17,7 +17,7 @@ import os
 from evaluation.reporting import cli
 from evaluation.reporting.tables import columns, render
 from models.base.cli import comma_list, entry_point
-from models.base.io import atomic_write_bytes, atomic_write_text
+from models.base.io import atomic_write_bytes, atomic_write_text, refuse_to_overwrite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIGURES = ("manifold", "latent_map", "blueprint", "posterior", "convergence", "samples",
@@ -214,7 +214,10 @@ def _main(args):
                         ("--index", args.index)):
         if value != defaults.get_default(flag.lstrip("-").replace("-", "_")):
             command += f" {flag} {value}"
-    commands = [command]
+    commands = [command + (" --overwrite" if args.overwrite else "")]
+    figure_dir = os.path.join(args.docs, "figures")
+    refuse_to_overwrite([os.path.join(args.docs, "tutorial.md")] + [
+        os.path.join(figure_dir, f"{name}.png") for name in FIGURES], args.overwrite)
     shared = [item for name in ("seed", "device", "data_dir") if getattr(args, name) is not None
               for item in (cli.flag(name), getattr(args, name))]
     shared += ["--no-progress"] if args.no_progress else []
@@ -225,9 +228,9 @@ def _main(args):
                args.num_epochs, "--out", run_dir, "--resume", *shared)
     script("explore.py", run_dir, "--index", args.index, "--z", ",".join(map(str, args.z)),
            "--convergence-k", ",".join(map(str, args.convergence_k)), "--eval-data",
-           args.eval_data, "--num-samples", args.num_samples, "--ais-steps", 200, *shared)
+           args.eval_data, "--num-samples", args.num_samples, "--ais-steps", 200, *shared,
+           *(["--overwrite"] if args.overwrite else []))
 
-    figure_dir = os.path.join(args.docs, "figures")
     os.makedirs(figure_dir, exist_ok=True)
     total = 0
     for name in FIGURES:

@@ -16,7 +16,7 @@ def test_flag_reference_is_generated_from_the_parsers():
     with open(os.path.join(ROOT, "docs", "flags.md")) as handle:
         committed = handle.read()
     assert committed == load_script("flag_reference").reference(), \
-        "docs/flags.md is out of date: run python scripts/flag_reference.py"
+        "docs/flags.md is out of date: run python scripts/flag_reference.py --overwrite"
 
 
 def test_every_flag_the_guides_mention_exists():

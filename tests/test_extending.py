@@ -92,15 +92,20 @@ def test_user_parts_train_resume_evaluate_and_explore_through_the_scripts(user_f
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["prior"] == {"name": f"{module}:StudentT", "options": {"df": 3.0}}
     assert config["model"]["guide"] == {"name": f"{module}:TinyGuide", "options": {}}
-    summary = run_main("train", "--out", out, "--resume", "--num-epochs", "2", "--no-progress")
+    # Opening the run imports the user's module again: only when the user says so.
+    line = refused(capsys, "train", "--out", out, "--resume", "--num-epochs", "2")
+    assert "names code to import" in line and "--trust-run" in line
+    summary = run_main("train", "--out", out, "--resume", "--num-epochs", "2", "--no-progress",
+                       "--prior", f"{module}:StudentT", "--guide", f"{module}:TinyGuide")
     assert summary["epochs"] == 2
-    line = refused(capsys, "train", "--out", out, "--resume", "--prior-option", "df=4")
+    line = refused(capsys, "train", "--out", out, "--resume", "--trust-run", "--prior-option",
+                   "df=4")
     assert "--prior-option df=4 differs from the resumed run's 3.0" in line
-    report = run_main("evaluate", out, "--num-samples", "20", "--num-data", "10")
+    report = run_main("evaluate", out, "--num-samples", "20", "--num-data", "10", "--trust-run")
     assert [s["estimator"] for s in report["estimators"]] == ["elbo", "importance"]
     facts = run_main("explore", out, "--out", folder / "figures", "--num-data", "100",
                      "--convergence-k", "1,10", "--ais-steps", "3", "--eval-data", "10",
-                     "--num-samples", "10", "--no-progress")
+                     "--num-samples", "10", "--no-progress", "--trust-run")
     assert "empirical quantiles of the run's prior (StudentT" in facts["manifold_grid"]
     assert (folder / "figures" / "report.html").is_file()
 

@@ -33,7 +33,7 @@ def test_train_runs_on_shipped_subset_and_resumes(tmp_path, capsys):
     assert summary["epochs"] == 1
 
     line = refused(capsys, "train", *SMALL, "--out", out)
-    assert "already holds a run; pass --resume" in line
+    assert "already holds a run (config.json, metrics.csv" in line and "pass --resume" in line
 
     summary = run_main("train", "--out", out, "--resume", "--num-epochs", "2", "--no-progress")
     assert "resuming" in capsys.readouterr().out

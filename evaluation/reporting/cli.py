@@ -31,7 +31,7 @@ from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
 from inference.runs import load_run
 from models.base.cli import HelpFormatter, comma_list, key_value
-from models.base.config import ConfigError, RunConfig
+from models.base.config import ConfigError, RunConfig, check_seed
 from models.base.device import resolve_device
 from models.decoders import ARCHITECTURES
 from models.likelihoods import LIKELIHOODS
@@ -213,11 +213,17 @@ def add_training_flags(parser):
 
 def add_opened_run_flags(parser, estimator_options=False):
     """The flags of scripts that open trained runs: the estimators' options (where the script
-    runs estimators the user names), where the data are, and the common ones."""
+    runs estimators the user names), where the data are, ``--trust-run``, ``--overwrite`` and
+    the common ones."""
     if estimator_options:
         add_estimator_flags(parser)
     add_data_flags(parser, source=False)
-    add_common_flags(parser)
+    group = add_common_flags(parser)
+    group.add_argument("--trust-run", action="store_true",
+                       help="allow the run's own parts (module:Class in its config) to be "
+                       "imported, which runs their modules; only for runs you trust")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace output files that exist already")
 
 
 def add_evaluation_flags(parser, default_estimators, grid=False, num_data=None):
@@ -421,7 +427,7 @@ def num_samples_for(name, args):
 def start(args):
     """What every script does first: seed torch and Pyro, empty Pyro's parameter store, and
     resolve the device. Returns the device."""
-    pyro.set_rng_seed(args.seed if args.seed is not None else 0)
+    pyro.set_rng_seed(check_seed(args.seed) if args.seed is not None else 0)
     pyro.clear_param_store()
     return resolve_device(args.device)
 
@@ -441,13 +447,22 @@ class OpenRun:
     labels: Any = None
 
 
+def trusted_parts(args):
+    """What the user allows a run they open to import: every ``module:Class`` with
+    ``--trust-run``, else those they name again with ``--prior``, ``--guide``, ..."""
+    if getattr(args, "trust_run", False):
+        return True
+    return {getattr(args, family) for family in FAMILIES
+            if isinstance(getattr(args, family, None), str) and ":" in getattr(args, family)}
+
+
 def open_run(args, path=None, device=None):
     """:func:`start`, then load the run at ``path`` (default ``args.run``) with ``--data-dir``
     and select the first ``--num-data`` points of ``--split`` (where the script has them)."""
     device = device if device is not None else start(args)
     path = path if path is not None else args.run
-    model, guide, dataset, config, checkpoint = load_run(path, device,
-                                                         getattr(args, "data_dir", None))
+    model, guide, dataset, config, checkpoint = load_run(
+        path, device, getattr(args, "data_dir", None), trust=trusted_parts(args))
     run = OpenRun(model, guide, dataset, config, checkpoint, device)
     if hasattr(args, "split"):
         run.x, run.labels = dataset.select(args.split, args.num_data)

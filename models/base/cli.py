@@ -3,7 +3,9 @@ input, help that shows defaults, and parsers for list and ``key=value`` flags.""
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from models.base.registry import parse_option_value
 
@@ -26,11 +28,16 @@ def run(main, parser, argv=None):
     full traceback instead. Ctrl-C ends with status 130; files already written stay intact.
     """
     args = parser.parse_args(argv)
+    previous = _on_sigterm(_terminate)
     try:
         return main(args)
+    except Terminated:
+        print(f"\n{parser.prog}: terminated (SIGTERM); files already written are complete "
+              "(rerun with --resume where it applies)", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
-        print("\ninterrupted; files already written are complete (rerun with --resume where it"
-              " applies)", file=sys.stderr)
+        print(f"\n{parser.prog}: interrupted; files already written are complete (rerun with "
+              "--resume where it applies)", file=sys.stderr)
         sys.exit(130)
     except (ValueError, OSError) as error:
         if os.environ.get("VAE_TRACEBACK"):
@@ -38,6 +45,23 @@ def run(main, parser, argv=None):
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        _on_sigterm(previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: the process ends like on Ctrl-C, leaving complete files behind."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _on_sigterm(handler):
+    """Install ``handler`` for SIGTERM (in the main thread only) and return the previous one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def entry_point(main, make_parser):

@@ -140,9 +140,12 @@ def _check(value, annotation, where):
 class _Section:
     """from_dict / to_dict / type checks shared by the dataclasses of the configuration."""
 
-    #: how a field is named in messages: "z_dim (--z-dim)"
+    #: fields no command-line flag sets (they come from the data)
+    NOT_FLAGS = ("x_dim", "image_shape")
+
     def _where(self, name):
-        return f"{name} (--{name.replace('_', '-')})"
+        """How a field is named in messages: "z_dim (--z-dim)"."""
+        return name if name in self.NOT_FLAGS else f"{name} (--{name.replace('_', '-')})"
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -290,9 +293,7 @@ class RunConfig(_Section):
     device: str = "auto"
 
     def validate(self):
-        if not 0 <= self.seed < 2 ** 32:
-            raise ConfigError(f"{self._where('seed')} must lie in 0..{2 ** 32 - 1}, got "
-                              f"{self.seed}")
+        check_seed(self.seed)
 
     @classmethod
     def from_dict(cls, data, where=None):
@@ -317,6 +318,13 @@ class RunConfig(_Section):
         for key in path.split("."):
             value = value[key]
         return value
+
+
+def check_seed(seed):
+    """A seed torch, Pyro and NumPy all accept: a whole number in 0..2^32 - 1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"seed (--seed) must lie in 0..{2 ** 32 - 1}, got {seed}")
+    return seed
 
 
 # ---------------------------------------------------------------------------------------------

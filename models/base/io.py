@@ -5,6 +5,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 
 import torch
@@ -31,6 +32,18 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def refuse_to_overwrite(paths, overwrite=False):
+    """Raise ``FileExistsError`` naming the first of ``paths`` that exists, unless ``overwrite``:
+    nothing that exists is replaced without being asked."""
+    if overwrite:
+        return
+    existing = [path for path in paths if os.path.exists(path)]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]}{more} exists already; pass --overwrite to replace "
+                              "it, or choose another --out")
 
 
 def _umask():
@@ -65,6 +78,12 @@ def atomic_write_json(path, obj):
     """Write ``obj`` as strict JSON (NaN and infinities as null), atomically."""
     text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
     atomic_write_text(path, text + "\n")
+
+
+def atomic_copy(source, target):
+    """Copy the file ``source`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def atomic_torch_save(path, obj):

@@ -13,7 +13,10 @@ imported from ``module`` (on the Python path or in the working directory) and mu
 the family's base class. This is the extension point for parts written by users.
 """
 
+import contextlib
+import contextvars
 import importlib
+import importlib.util
 import inspect
 import json
 import math
@@ -23,10 +26,54 @@ from collections.abc import Mapping
 
 from models.base.config import ConfigError, PartSpec, did_you_mean
 
-__all__ = ["ConfigError", "Registry", "import_object", "option_defaults", "parse_option_value"]
+__all__ = ["ConfigError", "Registry", "import_object", "option_defaults", "parse_option_value",
+           "refuse_imports_from"]
 
 #: marks an option without a default: the user must give it
 REQUIRED = inspect.Parameter.empty
+
+
+#: a folder whose modules must not be imported (the run folder being loaded), or None
+_FORBIDDEN_FOLDER = contextvars.ContextVar("forbidden_folder", default=None)
+
+
+@contextlib.contextmanager
+def refuse_imports_from(folder):
+    """Within this block, :func:`import_object` refuses any module that lives in ``folder``
+    (a run folder being opened must not run code it ships)."""
+    token = _FORBIDDEN_FOLDER.set(os.path.realpath(folder))
+    try:
+        yield
+    finally:
+        _FORBIDDEN_FOLDER.reset(token)
+
+
+def _check_origin(module_name, kind, spec):
+    """Refuse a module that would be loaded from the forbidden folder. Only the top-level
+    package is located (locating it runs nothing); a package's own code runs on import."""
+    forbidden = _FORBIDDEN_FOLDER.get()
+    if forbidden is None:
+        return
+    top = module_name.split(".")[0]
+    found = sys.modules.get(top)
+    locations = []
+    if found is not None:
+        locations = [getattr(found, "__file__", None) or ""] + list(getattr(found, "__path__", []))
+    else:
+        try:
+            module_spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            module_spec = None
+        if module_spec is not None:
+            locations = [module_spec.origin or ""] + list(
+                module_spec.submodule_search_locations or [])
+    for location in locations:
+        real = os.path.realpath(location) if location else ""
+        if real and (real == forbidden or real.startswith(forbidden + os.sep)):
+            raise ConfigError(
+                f"the {kind} {spec!r} would import module {top!r} from the run folder "
+                f"{forbidden} itself; code shipped inside a run folder is never run. Copy the "
+                "module elsewhere, read it, and put that folder on PYTHONPATH")
 
 
 def import_object(spec, kind):
@@ -34,17 +81,23 @@ def import_object(spec, kind):
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"a custom {kind} is given as module:Name, got {spec!r}")
-    # Scripts run as ``python scripts/x.py`` have scripts/ on the path, not the working directory.
+    # Scripts run as ``python scripts/x.py`` have scripts/ on the path, not the working directory;
+    # it is searched too, for the duration of this import only.
     cwd = os.getcwd()
-    if cwd not in sys.path:
+    added = cwd not in sys.path
+    if added:
         sys.path.append(cwd)
     try:
+        _check_origin(module_name, kind, spec)
         found = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigError(
             f"cannot import module {module_name!r} for the {kind} {spec!r} ({error}); run from "
             f"the folder that holds {module_name.replace('.', '/')}.py or add that folder to "
             "PYTHONPATH") from error
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     for part in attribute.split("."):
         try:
             found = getattr(found, part)
