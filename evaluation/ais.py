@@ -167,7 +167,7 @@ def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=STEPS, num_leap
                                  schedule)
     betas = SCHEDULES[schedule](int(num_steps))
     if max_batch_elements is None:
-        max_batch_elements = default_max_batch_elements(x[0].numel())
+        max_batch_elements = default_max_batch_elements(x[0].numel(), x.device)
     if num_chains > max_batch_elements:
         raise ValueError(f"{num_chains} AIS chains per data point exceed the "
                          f"{max_batch_elements} (chain, data point) pairs one chunk may hold; "

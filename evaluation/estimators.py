@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import pyro
 import torch
 
 from evaluation import ais as annealing
@@ -33,6 +34,7 @@ from evaluation.quadrature import quadrature_log_marginal
 from inference.log_weights import check_num_samples, log_weight_chunks
 from models.base.config import ConfigError, did_you_mean
 from models.base.registry import Registry
+from models.vae import check_batch
 
 
 @dataclass
@@ -219,6 +221,18 @@ ESTIMATORS = EstimatorRegistry({
 }, deterministic=("exact", "quadrature"))
 
 
+def validate_data(model, x):
+    """Refuse data the model cannot score, with its own checks (shape, finite values, the
+    support of its likelihood), once for the whole estimate."""
+    if not torch.is_tensor(x) or x.dim() != 2:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"expected data as a tensor of shape (num_data, x_dim), got {shape}")
+    if hasattr(model, "x_dim"):
+        check_batch(x, model.x_dim)
+    if hasattr(model, "likelihood") and hasattr(model.likelihood, "check_data"):
+        model.likelihood.check_data(x)
+
+
 def options_for(name, options):
     """The subset of ``options`` that the estimator called ``name`` takes."""
     accepted = ESTIMATORS.options(name)
@@ -238,10 +252,12 @@ def estimate(name, model, guide, x, num_samples, progress=False, **options):
                               f"{', '.join(sorted(accepted)) or 'none'}")
     if ESTIMATORS.uses_samples(name):
         num_samples = check_num_samples(num_samples)
-    start = time.perf_counter()
     if "progress" in inspect.signature(function).parameters:
         options = dict(options, progress=progress)
-    with torch.no_grad():
+    validate_data(model, x)
+    start = time.perf_counter()
+    # The data were checked once, here; Pyro's per-sample checks would each wait for the device.
+    with torch.no_grad(), pyro.validation_enabled(False):
         result = function(model, guide, x, num_samples, **options)
     if x.is_cuda:
         torch.cuda.synchronize(x.device)

@@ -71,7 +71,7 @@ def quadrature_log_marginal(model, x, *, tolerance=1e-4, box=8.0, width=10.0,
     coarse_points = coarse_points or (64 if z_dim == 2 else 512)
     max_points = max_points or (1024 if z_dim == 2 else 1 << 16)
     if max_batch_elements is None:
-        max_batch_elements = default_max_batch_elements(x[0].numel())
+        max_batch_elements = default_max_batch_elements(x[0].numel(), x.device)
     dtype = x.dtype
     per_chunk = max(1, int(max_batch_elements) // coarse_points ** z_dim)
     results = [], [], []

@@ -44,7 +44,8 @@ def set_rng_state(state):
 
 
 def save_checkpoint(path, *, config, model, guide, optimizer, epoch, metrics, best, rng=None):
-    """Write a checkpoint of ``config`` (a RunConfig) and the states atomically."""
+    """Write a checkpoint of ``config`` (a RunConfig) and the states atomically; ``optimizer``
+    is the state of the training step's optimizer (``TrainingStep.state()``), or None."""
     atomic_torch_save(path, {
         "format": FORMAT,
         "version": VERSION,
@@ -52,7 +53,7 @@ def save_checkpoint(path, *, config, model, guide, optimizer, epoch, metrics, be
         "epoch": epoch,
         "model": model.state_dict(),
         "guide": guide.state_dict(),
-        "optimizer": optimizer.get_state() if optimizer is not None else {},
+        "optimizer": optimizer if optimizer is not None else {},
         "metrics": metrics,
         "best": best,
         "rng": rng if rng is not None else rng_state(),

@@ -22,7 +22,7 @@ from torch import nn
 from models.base.config import ConfigError
 from models.base.registry import Registry
 from models.networks import MLP
-from models.vae import check_batch
+from models.vae import check_batch, data_plate
 
 # q(z | x) keeps a little spread even where the encoder is sure, so that log q stays finite.
 MIN_SCALE = 1e-4
@@ -67,7 +67,7 @@ class Guide(nn.Module):
             raise ValueError("a guide needs data: call guide(x) with a (batch_size, x_dim) tensor")
         if is_validation_enabled():
             check_batch(x, self.x_dim)
-        with pyro.plate("data", num_data or x.shape[0], subsample_size=x.shape[0], dim=-1):
+        with data_plate(num_data, x.shape[0], x.device):
             return pyro.sample("z", self.distribution(x))
 
 

@@ -16,22 +16,41 @@ Nothing here disables gradients: callers that only evaluate wrap calls in ``torc
 objectives such as the IWAE bound differentiate through these weights.
 """
 
+import contextlib
+import math
+import os
+import warnings
+
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import is_validation_enabled
 from tqdm.auto import tqdm
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
 DATA_PLATE = "data"
 PARTICLE_PLATE = "particles"
-# Memory for one chunk, in bytes; about 16 float32 values per data feature live at once.
+# Memory for one chunk on the CPU, in bytes; about 16 float32 values per data feature live at once.
 DEFAULT_CHUNK_BYTES = 2 ** 28
+#: on a GPU a chunk may take this share of the memory that is free when the estimate starts
+GPU_CHUNK_SHARE = 0.25
 
 
-def default_max_batch_elements(x_dim):
-    """How many (particle, data point) pairs one chunk holds by default for data of ``x_dim``."""
-    return max(1, DEFAULT_CHUNK_BYTES // (16 * 4 * max(1, int(x_dim))))
+def chunk_bytes(device=None):
+    """The memory one chunk of log weights may use on ``device``: 256 MB on the CPU; on a GPU
+    a quarter of its free memory (large chunks keep a GPU busy)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(DEFAULT_CHUNK_BYTES, int(GPU_CHUNK_SHARE * free))
+    return DEFAULT_CHUNK_BYTES
+
+
+def default_max_batch_elements(x_dim, device=None):
+    """How many (particle, data point) pairs one chunk holds by default for data of ``x_dim``
+    features on ``device``."""
+    return max(1, chunk_bytes(device) // (16 * 4 * max(1, int(x_dim))))
 
 
 def check_num_samples(num_samples):
@@ -53,6 +72,13 @@ def chunks(num_data, num_samples, max_batch_elements):
         for k_start in range(0, num_samples, particle_step):
             yield (slice(start, min(start + data_step, num_data)),
                    slice(k_start, min(k_start + particle_step, num_samples)))
+
+
+def plate_nesting(model, guide, x):
+    """The number of batch dimensions the plates of the model and the guide use (found by
+    running them on one data point): the particle plate goes to their left."""
+    nesting = max_plate_nesting(model, x)
+    return nesting if guide is None else max(nesting, max_plate_nesting(guide, x))
 
 
 def max_plate_nesting(fn, x):
@@ -87,11 +113,10 @@ class _Scorer:
     """Runs a model or guide inside a particle plate placed to the left of all of its plates and
     reduces the log density of each sample site to shape (K, N)."""
 
-    def __init__(self, model, guide, x):
+    def __init__(self, model, guide, x, nesting=None):
         self.model, self.guide = model, guide
-        nesting = max_plate_nesting(model, x)
-        if guide is not None:
-            nesting = max(nesting, max_plate_nesting(guide, x))
+        if nesting is None:
+            nesting = plate_nesting(model, guide, x)
         self.particle_dim = -nesting - 1
 
     def run(self, fn, x, num_particles, replay=None, condition=None):
@@ -124,12 +149,14 @@ def _check_data(x):
     if not torch.is_tensor(x) or x.dim() < 2:
         shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"expected data as a tensor of shape (num_data, x_dim), got {shape}")
-    if x.is_floating_point() and not x.isfinite().all():
+    # Reading the check's result waits for the device; callers that validated their data once
+    # run with Pyro's validation off and skip it.
+    if is_validation_enabled() and x.is_floating_point() and not x.isfinite().all():
         raise ValueError("data contains NaN or infinite values; remove or impute them first")
 
 
 def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
-                      proposal="guide", mixture_weight=0.5, progress=False):
+                      proposal="guide", mixture_weight=0.5, progress=False, nesting=None):
     """Yield ``(data_slice, particle_slice, log_weights)`` chunk by chunk: the log importance
     weights of the particles ``particle_slice`` for the data points ``data_slice``, a tensor of
     shape (particles, points), with at most ``max_batch_elements`` pairs per chunk. Together the
@@ -137,7 +164,8 @@ def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
     reduces each chunk as it comes (see ``evaluation.diagnostics.WeightSummary``).
 
     The arguments are those of :func:`log_importance_weights`; ``progress`` shows a progress
-    bar when there is more than one chunk.
+    bar when there is more than one chunk; ``nesting`` is :func:`plate_nesting`, when the
+    caller knows it already.
     """
     num_samples = check_num_samples(num_samples)
     _check_data(x)
@@ -146,8 +174,8 @@ def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
     if proposal == "mixture" and not 0.0 < mixture_weight < 1.0:
         raise ValueError(f"the mixture weight a must lie in (0, 1), got {mixture_weight}")
     if max_batch_elements is None:
-        max_batch_elements = default_max_batch_elements(x[0].numel())
-    scorer = _Scorer(model, guide, x)
+        max_batch_elements = default_max_batch_elements(x[0].numel(), x.device)
+    scorer = _Scorer(model, guide, x, nesting)
     tiles = list(chunks(x.shape[0], num_samples, max_batch_elements))
     bar = tqdm(tiles, desc="log weights", unit="chunk", leave=False, dynamic_ncols=True,
                disable=not progress or len(tiles) < 2)
@@ -157,8 +185,40 @@ def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
                                                              mixture_weight)
 
 
+class UntraceableError(RuntimeError):
+    """A model or guide read a traced tensor into Python: its trace would be wrong."""
+
+
+_LIBRARIES = tuple(os.path.dirname(module.__file__) + os.sep for module in (torch, pyro))
+
+
+@contextlib.contextmanager
+def strict_tracing():
+    """Watch a JIT trace for the tracer's warnings that it may be wrong (a tensor read into
+    Python, which the graph would freeze as a constant, such as the local guide's lookup of its
+    rows by the data's values). Raised in the code of a model or a guide, they end the block
+    with :class:`UntraceableError`, so that the caller runs that model plainly instead of
+    silently computing with values of the first call. Those raised inside torch and Pyro are
+    about their shape checks, which hold for every input of the traced shape."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        # torch marks its tracer deprecated; the traced graph is what runs.
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace.*", category=FutureWarning)
+        yield
+    unsafe = None
+    for caught_warning in caught:
+        if not issubclass(caught_warning.category, torch.jit.TracerWarning):
+            warnings.warn_explicit(caught_warning.message, caught_warning.category,
+                                   caught_warning.filename, caught_warning.lineno)
+        elif unsafe is None and not caught_warning.filename.startswith(_LIBRARIES):
+            unsafe = caught_warning
+    if unsafe is not None:
+        first = str(unsafe.message).split(".")[0]
+        raise UntraceableError(f"{os.path.basename(unsafe.filename)}:{unsafe.lineno}: {first}")
+
+
 def log_importance_weights(model, guide, x, num_samples, *, max_batch_elements=None,
-                           proposal="guide", mixture_weight=0.5):
+                           proposal="guide", mixture_weight=0.5, nesting=None):
     """The (K, N) log importance weights of K particles for each of N data points.
 
     :param model: the Pyro model, called as ``model(x)``.
@@ -179,7 +239,7 @@ def log_importance_weights(model, guide, x, num_samples, *, max_batch_elements=N
     log_weights = torch.empty(num_samples, x.shape[0], device=x.device)
     for data_slice, particle_slice, chunk in log_weight_chunks(
             model, guide, x, num_samples, max_batch_elements=max_batch_elements,
-            proposal=proposal, mixture_weight=mixture_weight):
+            proposal=proposal, mixture_weight=mixture_weight, nesting=nesting):
         log_weights[particle_slice, data_slice] = chunk
     return log_weights
 
@@ -211,8 +271,8 @@ def _chunk_log_weights(scorer, x, num_particles, proposal, mixture_weight):
     _, guide_lp, _ = scorer.run(scorer.guide, x, num_particles, condition=latents)
     log_prior = _total(model_lp, latents, like)
     log_q = _total(guide_lp, latents, like)
-    a = torch.tensor(mixture_weight, device=x.device)
-    log_proposal = torch.logaddexp(a.log() + log_q, torch.log1p(-a) + log_prior)
+    log_proposal = torch.logaddexp(math.log(mixture_weight) + log_q,
+                                   math.log1p(-mixture_weight) + log_prior)
     return log_prior + _total(model_lp, observed, like) - log_proposal
 
 

@@ -25,9 +25,11 @@ import math
 
 import torch
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import is_identically_zero
 from pyro.poutine.messenger import Messenger
 
-from inference.log_weights import log_importance_weights
+from inference.log_weights import log_importance_weights, plate_nesting
 from models.base.config import ConfigError
 from models.base.registry import Registry
 
@@ -51,10 +53,16 @@ class IWAELoss:
 
     def __init__(self, num_particles):
         self.num_particles = _check_particles(num_particles)
+        self._nesting = {}
 
     def __call__(self, model, guide, x, num_data=None, batch_size=None):
+        # The plates of a model do not change from step to step: find their nesting once.
+        key = (id(model), id(guide))
+        if key not in self._nesting:
+            self._nesting[key] = plate_nesting(model, guide, x)
         log_weights = log_importance_weights(model, guide, x, self.num_particles,
-                                             max_batch_elements=self.num_particles * x.shape[0])
+                                             max_batch_elements=self.num_particles * x.shape[0],
+                                             nesting=self._nesting[key])
         bound = torch.logsumexp(log_weights, dim=0) - math.log(self.num_particles)
         return -bound.sum() * ((num_data or x.shape[0]) / x.shape[0])
 
@@ -70,7 +78,7 @@ def _check_particles(num_particles):
 class Objective:
     """Base class of training objectives: the keyword parameters of ``__init__`` are the
     options (``--objective-option``; ``--num-particles`` sets ``num_particles``), and
-    :meth:`loss` gives the loss callable that ``pyro.infer.SVI`` minimizes."""
+    :meth:`loss_function` gives the loss that a training step differentiates."""
 
     context_parameters = ()
     #: whether a JIT-compiled form of the loss exists
@@ -79,7 +87,10 @@ class Objective:
     def __init__(self, num_particles=1):
         self.num_particles = _check_particles(num_particles)
 
-    def loss(self, jit=False):
+    def loss_function(self, jit=False):
+        """A function ``(model, guide, x, **kwargs) -> loss``: a 0-dim tensor whose value is the
+        loss (minus the objective, summed over the minibatch and scaled to the data set) and
+        whose gradient is that of the objective. Nothing is read back to the host."""
         raise NotImplementedError
 
     def _particles(self):
@@ -87,30 +98,89 @@ class Objective:
                     vectorize_particles=self.num_particles > 1, max_plate_nesting=1)
 
 
-class ELBOObjective(Objective):
-    """Trace_ELBO (JitTrace_ELBO with ``jit``): mean_k [log p(x, z_k) - log q(z_k | x)]."""
+class _TensorTraceELBO(Trace_ELBO):
+    """Pyro's Trace_ELBO estimator, returned as tensors: the loss and the surrogate loss that
+    ``Trace_ELBO.differentiable_loss`` combines, without its ``.item()`` calls (each of which
+    would wait for the device at every step). The sum is the same as JitTrace_ELBO traces."""
 
-    def loss(self, jit=False):
+    def loss_and_surrogate_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate_loss = 0.0, 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo_particle, surrogate_elbo_particle, log_r = 0.0, 0.0, None
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    elbo_particle = elbo_particle + site["log_prob_sum"]
+                    surrogate_elbo_particle = surrogate_elbo_particle + site["log_prob_sum"]
+            for site in guide_trace.nodes.values():
+                if site["type"] != "sample":
+                    continue
+                _, score_function_term, entropy_term = site["score_parts"]
+                elbo_particle = elbo_particle - site["log_prob_sum"]
+                if not is_identically_zero(entropy_term):
+                    surrogate_elbo_particle = surrogate_elbo_particle - entropy_term.sum()
+                if not is_identically_zero(score_function_term):
+                    if log_r is None:
+                        log_r = _compute_log_r(model_trace, guide_trace)
+                    summed = log_r.sum_to(site["cond_indep_stack"])
+                    surrogate_elbo_particle = (surrogate_elbo_particle
+                                               + (summed * score_function_term).sum())
+            loss = loss - elbo_particle / self.num_particles
+            surrogate_loss = surrogate_loss - surrogate_elbo_particle / self.num_particles
+        return loss, surrogate_loss
+
+
+#: the traced graph is not re-run to compare it with a second trace: the loss is random
+_JIT_OPTIONS = {"jit_options": {"check_trace": False}}
+
+
+def _combined(loss_and_surrogate_loss):
+    """value: the loss; gradient: the surrogate loss's (the trick of Trace_ELBO)."""
+
+    def loss_function(model, guide, *args, **kwargs):
+        loss, surrogate_loss = loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate_loss - surrogate_loss.detach())
+
+    return loss_function
+
+
+class ELBOObjective(Objective):
+    """The ELBO of Trace_ELBO (traced by JitTrace_ELBO with ``jit``):
+    mean_k [log p(x, z_k) - log q(z_k | x)]."""
+
+    def loss_function(self, jit=False):
         if jit:
-            return JitTrace_ELBO(ignore_jit_warnings=True, **self._particles())
-        return Trace_ELBO(**self._particles())
+            return _combined(JitTrace_ELBO(**_JIT_OPTIONS,
+                                           **self._particles()).loss_and_surrogate_loss)
+        return _combined(_TensorTraceELBO(**self._particles()).loss_and_surrogate_loss)
 
 
 class MeanFieldObjective(Objective):
-    """TraceMeanField_ELBO: the KL term analytic where torch knows it."""
+    """TraceMeanField_ELBO: the KL term analytic where torch knows it. (Without the JIT it reads
+    one value back to the host per step, inside Pyro.)"""
 
-    def loss(self, jit=False):
+    def loss_function(self, jit=False):
         if jit:
-            return JitTraceMeanField_ELBO(ignore_jit_warnings=True, **self._particles())
-        return TraceMeanField_ELBO(**self._particles())
+            return JitTraceMeanField_ELBO(**_JIT_OPTIONS,
+                                          **self._particles()).differentiable_loss
+        elbo = TraceMeanField_ELBO(**self._particles())
+
+        def loss_function(model, guide, *args, **kwargs):
+            total = 0.0
+            for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+                total = total + elbo._differentiable_loss_particle(model_trace, guide_trace)[1]
+            return total / self.num_particles
+
+        return loss_function
 
 
 class IWAEObjective(Objective):
-    """The importance-weighted bound of Burda et al. (2015) with K = ``num_particles``."""
+    """The importance-weighted bound of Burda et al. (2016) with K = ``num_particles``."""
 
     jit_supported = False
 
-    def loss(self, jit=False):
+    def loss_function(self, jit=False):
+        if jit:
+            raise ConfigError("the iwae objective has no JIT-compiled form; drop --jit")
         return IWAELoss(self.num_particles)
 
 
@@ -121,15 +191,18 @@ OBJECTIVES = Registry("objective", {
 }, base=Objective)
 
 
-def make_loss(training):
-    """The SVI loss a :class:`models.base.config.TrainingConfig` asks for (its ``objective``,
-    ``jit`` and ``kl_warmup_epochs``)."""
+def make_objective(training):
+    """The :class:`Objective` a :class:`models.base.config.TrainingConfig` names, and whether
+    its loss is JIT-compiled: ``jit`` True asks for it (an error where it cannot be), False
+    refuses it, and None (the default) takes it where the objective has it and no KL warm-up
+    changes the loss from step to step."""
     spec = OBJECTIVES.resolve(training.objective)
     objective = OBJECTIVES.get(spec.name)(**spec.options)
-    if training.jit and (not objective.jit_supported or training.kl_warmup_epochs):
+    possible = objective.jit_supported and not training.kl_warmup_epochs
+    if training.jit and not possible:
         raise ConfigError("--jit supports --objective elbo and meanfield without KL warm-up; "
                           "drop --jit")
-    return objective.loss(jit=training.jit)
+    return objective, (possible if training.jit is None else bool(training.jit))
 
 
 def kl_weight(warmup_epochs, epoch, step, num_batches):

@@ -1,20 +1,27 @@
 """A thin SVI driver: epochs of shuffled minibatches, validation, checkpoints, resume.
 
-    svi = SVI(model, guide, Adam({"lr": learning_rate}), Trace_ELBO())
+    step = TrainingStep(model, guide, config.training)   # the objective, autograd, Adam
     for epoch in epochs:
         for x in train.batches(batch_size, shuffle=True):
-            svi.step(x, num_data=N)     # minibatch ELBO scaled by N / B: unbiased for the full ELBO
+            step(x, num_data=N)     # minibatch ELBO scaled by N / B: unbiased for the full ELBO
+
+A step is SVI's: the loss of the literal Pyro model and guide (Trace_ELBO's estimator, or the
+chosen objective), differentiated by autograd, then one ``torch.optim.Adam`` over every parameter
+of the model and the guide. It reads nothing back to the host: the losses are summed on the
+device and read when the progress bar refreshes (every ``CHECK_EVERY`` steps) and at the end of
+the epoch. The data are validated once, when training starts, and Pyro's per-step validation is
+off during the steps. Where the objective allows it the loss is compiled with the JIT
+(``JitTrace_ELBO``); a model that cannot be traced trains without it, with a message.
 
 Everything a run produces goes to one folder: ``config.json``, ``metrics.csv``, ``checkpoint.pt``
 (after the last finished epoch), ``best.pt`` (best validation ELBO) and ``summary.json``, all
 written atomically; ``after_epoch`` lets the caller add more (``train.py`` draws ``elbo.png``).
-Resuming from ``checkpoint.pt`` restores parameters,
-optimizer moments and random number generator states, so a run that was split in two ends exactly
-where an uninterrupted run with the same seed ends (on the CPU; GPU kernels are not all
-deterministic).
+Resuming from ``checkpoint.pt`` restores parameters, optimizer moments and random number
+generator states, so a run that was split in two ends exactly where an uninterrupted run with
+the same seed ends (on the CPU; GPU kernels are not all deterministic). ``time_budget`` ends a
+run cleanly at the end of the last epoch that fits, to be continued with ``--resume``.
 """
 
-import contextlib
 import csv
 import io
 import math
@@ -23,19 +30,23 @@ import time
 
 import pyro
 import torch
-from pyro.infer import SVI
-from pyro.optim import Adam
 from tqdm.auto import tqdm
 
 from inference.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
-from inference.log_weights import log_importance_weights
-from inference.objectives import ScaleLatents, kl_weight, make_loss, warmed
+from inference.log_weights import log_importance_weights, strict_tracing
+from inference.objectives import ScaleLatents, kl_weight, make_objective, warmed
 from inference.run_folder import repair
 from models.base.io import atomic_copy, atomic_write_json, atomic_write_text
+from models.vae import check_batch
 
 # train_elbo is the training objective per point (the IWAE bound for --objective iwae, the
 # KL-weighted ELBO during warm-up); validation_elbo is always the plain ELBO.
 METRIC_FIELDS = ("epoch", "train_elbo", "validation_elbo", "kl_weight", "seconds")
+
+
+#: steps between two reads of the losses (progress bar, divergence check): the only times a
+#: training step waits for the device
+CHECK_EVERY = 50
 
 
 @torch.no_grad()
@@ -51,9 +62,142 @@ def mean_elbo(model, guide, split, batch_size=1000):
     """The mean ELBO per data point over a split, in nats (one z per point)."""
     model.eval(), guide.eval()
     try:
-        return elbo_per_datapoint(model, guide, split.data(), batch_size).mean().item()
+        with pyro.validation_enabled(False):   # the data were validated when training began
+            return elbo_per_datapoint(model, guide, split.data(), batch_size).mean().item()
     finally:
         model.train(), guide.train()
+
+
+def validate_data(model, dataset):
+    """Check every split once, with the model's own checks (shape, finite values, the support
+    of the likelihood), so that the steps need not check each minibatch."""
+    for name in ("train", "validation", "test"):
+        split = getattr(dataset, name)
+        check_batch(split.images, model.x_dim)
+        if split.dynamic:
+            # Dynamic binarization draws Bernoulli(grey level): the levels must be in [0, 1].
+            if (split.images < 0).any() or (split.images > 1).any():
+                raise ValueError(f"the {name} split has grey levels outside [0, 1]; they cannot "
+                                 "be binarized")
+        else:
+            model.likelihood.check_data(split.images)
+
+
+def adam(params, learning_rate):
+    """``torch.optim.Adam`` over ``params``, fused into one kernel where this build of torch can
+    (measured on two CPU cores at batch 128: about 30% less time per step than one update per
+    parameter); the arithmetic is Adam's either way."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=learning_rate, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=learning_rate)
+
+
+def parameters(model, guide):
+    """(names, tensors) of every parameter the step trains, named as Pyro names them
+    (``model$$$decoder.0.weight``, ``guide$$$encoder.0.bias``)."""
+    named = [(f"model$$${name}", p) for name, p in model.named_parameters()]
+    named += [(f"{guide.pyro_name}$$${name}", p) for name, p in guide.named_parameters()]
+    return [name for name, _ in named], [p for _, p in named]
+
+
+class TrainingStep:
+    """One SVI step of the literal Pyro model and guide: the objective's loss, autograd, and one
+    ``torch.optim.Adam`` over every parameter of both. The call returns the loss as a 0-dim
+    tensor on the device and reads nothing back to the host.
+
+    :param training: the :class:`models.base.config.TrainingConfig`; its ``jit`` is honoured as
+        :func:`inference.objectives.make_objective` explains.
+    :param log: where to say that the JIT was given up for this model.
+    """
+
+    def __init__(self, model, guide, training, log=print):
+        self.model, self.guide, self.log = model, guide, log
+        # The JIT reads the parameters through Pyro's param store: no stale entries of another
+        # model may shadow these ones.
+        forget_stale_params()
+        self.objective, self.jit = make_objective(training)
+        self.insist_on_jit = training.jit is True
+        self.names, params = parameters(model, guide)
+        self.optimizer = adam(params, training.learning_rate)
+        self.scaler = ScaleLatents(1.0)
+        self.plain_loss = self.objective.loss_function(jit=False)
+        self.warmed_model = warmed(model, self.scaler)
+        self.warmed_guide = warmed(guide, self.scaler)
+        self.jit_loss = self.objective.loss_function(jit=True) if self.jit else None
+        self._traced = set()
+
+    def __call__(self, x, num_data, kl_weight=1.0):
+        self.scaler.weight = kl_weight
+        self.optimizer.zero_grad(set_to_none=True)
+        with pyro.validation_enabled(False):
+            loss = self._loss(x, num_data, kl_weight)
+            loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _loss(self, x, num_data, kl_weight):
+        if self.jit_loss is None or kl_weight != 1.0:
+            return self.plain_loss(self.warmed_model, self.warmed_guide, x, num_data=num_data)
+        batch_size = x.shape[0]
+        arguments = dict(num_data=num_data, batch_size=batch_size)
+        try:
+            if batch_size not in self._traced:
+                # Tracing runs the model and guide several times; it must not draw from the
+                # run's random stream, or a resumed run (which traces anew) would not follow
+                # the uninterrupted one.
+                devices = [x.device] if x.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices), \
+                        torch.jit.optimized_execution(False), strict_tracing():
+                    self.jit_loss(self.model, self.guide, x, **arguments)
+            # The traced graph's own optimization passes slow its backward pass on the CPU.
+            with torch.jit.optimized_execution(False):
+                loss = self.jit_loss(self.model, self.guide, x, **arguments)
+        except Exception as error:
+            if batch_size in self._traced:
+                raise
+            detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            if self.insist_on_jit:
+                raise ValueError(f"--jit could not trace this model and guide ({detail}); run "
+                                 "without --jit") from error
+            self.log(f"the JIT could not trace this model and guide ({detail}); training "
+                     "without it")
+            self.jit_loss = None
+            return self._loss(x, num_data, kl_weight)
+        self._traced.add(batch_size)
+        return loss
+
+    def state(self):
+        """The optimizer's state, with the parameter names, for a checkpoint."""
+        return {"optimizer": "torch.optim.Adam", "names": self.names,
+                "state": self.optimizer.state_dict()}
+
+    def load_state(self, state, path=None):
+        """Restore :meth:`state`, or the per-parameter state of Pyro's optimizer wrapper that
+        checkpoints written before held, converted."""
+        if state.get("optimizer") == "torch.optim.Adam":
+            if list(state["names"]) != self.names:
+                raise ValueError(f"the optimizer state in {path} belongs to other parameters")
+            self.optimizer.load_state_dict(state["state"])
+            return
+        self.optimizer.load_state_dict(pyro_optimizer_state(state, self.names,
+                                                            self.optimizer, path))
+
+
+def pyro_optimizer_state(state, names, optimizer, path=None):
+    """Convert the state of ``pyro.optim.Adam`` ({parameter name: the state dict of one torch
+    Adam per parameter}) into the state dict of one torch Adam over ``names``."""
+    converted = optimizer.state_dict()
+    missing = [name for name in names if name not in state]
+    if missing and state:
+        raise ValueError(f"the optimizer state in {path} lacks {missing[0]}; it belongs to "
+                         "another model")
+    for index, name in enumerate(names):
+        if name in state and state[name].get("state"):
+            (per_parameter,) = state[name]["state"].values()
+            converted["state"][index] = per_parameter
+    return converted
 
 
 def forget_stale_params():
@@ -79,7 +223,7 @@ def write_metrics(out_dir, metrics):
 
 
 def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=True, log=print,
-        after_epoch=None):
+        after_epoch=None, time_budget=None):
     """Train ``model`` and ``guide`` by SVI on ``dataset`` as ``config`` says; write the run folder.
 
     :param config: the run's :class:`models.base.config.RunConfig`; training follows
@@ -87,12 +231,15 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
     :param dict checkpoint: a loaded checkpoint to resume from (see ``load_checkpoint``).
     :param after_epoch: called as ``after_epoch(out_dir, metrics)`` after each epoch's files
         are written (to draw curves, say).
+    :param float time_budget: seconds this call may train; it stops at the end of the last
+        epoch that is expected to finish within them (``--resume`` continues the run).
     :returns: the summary dict written to ``summary.json``.
     """
     training = config.training
     os.makedirs(out_dir, exist_ok=True)
     forget_stale_params()
-    optimizer = Adam({"lr": training.learning_rate})
+    validate_data(model, dataset)
+    step = TrainingStep(model, guide, training, log=log)
     metrics, best, start_epoch = [], {"epoch": 0, "validation_elbo": -math.inf}, 0
     if checkpoint is not None:
         if training.num_epochs < checkpoint["epoch"]:
@@ -100,46 +247,49 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
                              f"--num-epochs {training.num_epochs} would not continue it (give "
                              "the total number of epochs, more than that)")
         repair(out_dir, checkpoint, write_metrics, after_epoch)
-        optimizer.set_state(checkpoint["optimizer"])
+        step.load_state(checkpoint["optimizer"], checkpoint.get("path"))
         metrics, best, start_epoch = checkpoint["metrics"], checkpoint["best"], checkpoint["epoch"]
         set_rng_state(checkpoint["rng"])
         log(f"resuming {out_dir} after epoch {start_epoch}")
     else:
         atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
 
-    scaler = ScaleLatents(1.0)
-    svi = SVI(warmed(model, scaler), warmed(guide, scaler), optimizer, make_loss(training))
     train, num_data = dataset.train, len(dataset.train)
     batch_size = min(training.batch_size, num_data)
-    # A traced graph has fixed shapes, so under --jit every minibatch must have the same size.
-    drop_last = training.jit
-    num_batches = num_data // batch_size if drop_last else math.ceil(num_data / batch_size)
+    num_batches = math.ceil(num_data / batch_size)
     num_epochs = training.num_epochs
+    device = train.images.device
+    began = time.perf_counter()
 
     model.train(), guide.train()
     watch = DivergenceWatch(training.learning_rate)
     for epoch in range(start_epoch + 1, num_epochs + 1):
         start = time.perf_counter()
-        total, steps = 0.0, 0
+        total = torch.zeros((), device=device)
+        window, window_steps, steps, weight = torch.zeros((), device=device), 0, 0, 1.0
         bar = tqdm(total=num_batches, desc=f"epoch {epoch}/{num_epochs}", unit="batch",
                    disable=not progress, leave=False, dynamic_ncols=True)
-        for x in train.batches(batch_size, shuffle=True, drop_last=drop_last):
-            scaler.weight = kl_weight(training.kl_warmup_epochs, epoch, steps + 1, num_batches)
-            with watch.step(epoch, steps + 1, (model, guide)):
-                loss = _step(svi, x, num_data, training.jit,
-                             first=steps == 0 and epoch == start_epoch + 1)
-                watch.check(-loss / num_data)
-            total += loss
-            steps += 1
+        for x in train.batches(batch_size, shuffle=True):
+            weight = kl_weight(training.kl_warmup_epochs, epoch, steps + 1, num_batches)
+            loss = step(x, num_data, weight)
+            total, window = total + loss, window + loss
+            steps, window_steps = steps + 1, window_steps + 1
             bar.update()
-            if steps % 10 == 0 or steps == num_batches:
-                bar.set_postfix_str(f"ELBO {-total / steps / num_data:.2f} nats/point")
+            if steps % CHECK_EVERY == 0 or steps == num_batches or watch.first is None:
+                # The one read of the device in CHECK_EVERY steps (and at the very first step,
+                # whose loss is the yardstick of divergence).
+                elbo = -window.item() / window_steps / num_data
+                watch.check(elbo, epoch, steps)
+                bar.set_postfix_str(f"ELBO {elbo:.2f} nats/point")
+                window, window_steps = torch.zeros((), device=device), 0
         bar.close()
+        train_elbo = -total.item() / steps / num_data
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        train_elbo = -total / steps / num_data
         validation_elbo = mean_elbo(model, guide, dataset.validation)
         metrics.append({"epoch": epoch, "train_elbo": train_elbo,
-                        "validation_elbo": validation_elbo, "kl_weight": scaler.weight,
+                        "validation_elbo": validation_elbo, "kl_weight": weight,
                         "seconds": seconds})
         improved = validation_elbo > best["validation_elbo"]
         if improved:
@@ -147,7 +297,7 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
         # The checkpoint is the epoch's commit point; best.pt and the rest follow from it, and
         # run_folder.repair restores them from it after a crash (see inference/run_folder.py).
         save_checkpoint(os.path.join(out_dir, LAST), config=config, model=model, guide=guide,
-                        optimizer=optimizer, epoch=epoch, metrics=metrics, best=best,
+                        optimizer=step.state(), epoch=epoch, metrics=metrics, best=best,
                         rng=rng_state())
         if improved:
             atomic_copy(os.path.join(out_dir, LAST), os.path.join(out_dir, BEST))
@@ -156,6 +306,12 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
             after_epoch(out_dir, metrics)
         log(f"epoch {epoch:3d}/{num_epochs}  train ELBO {train_elbo:9.3f}  validation ELBO "
             f"{validation_elbo:9.3f}  ({seconds:.1f} s){'  *best*' if improved else ''}")
+        elapsed = time.perf_counter() - began
+        if time_budget is not None and epoch < num_epochs and \
+                elapsed + (elapsed / (epoch - start_epoch)) > time_budget:
+            log(f"stopping after epoch {epoch} of {num_epochs}: another epoch would exceed the "
+                f"time budget of {time_budget / 60:g} minutes; continue with --resume")
+            break
     return _summarize(model, guide, dataset, config, out_dir, metrics, best)
 
 
@@ -164,54 +320,29 @@ class TrainingDiverged(ValueError):
 
 
 class DivergenceWatch:
-    """Stops a run whose training objective runs away: a non-finite loss or parameters, or an
-    ELBO per data point below ``factor`` times the first one seen (which, at the start of
-    training, is already as bad as an untrained model gets)."""
+    """Stops a run whose training objective runs away: a non-finite loss, or an ELBO per data
+    point below ``factor`` times the first one seen (which, at the start of training, is
+    already as bad as an untrained model gets). It looks at the losses only when they are read
+    anyway (every ``CHECK_EVERY`` steps)."""
 
     def __init__(self, learning_rate, factor=100.0):
         self.learning_rate, self.factor = learning_rate, factor
         self.first = None
-        self.where = (0, 0)
 
-    @contextlib.contextmanager
-    def step(self, epoch, step, modules):
-        self.where = (epoch, step)
-        try:
-            yield
-        except ValueError as error:
-            # Pyro's validation refuses the non-finite parameters of a diverged model.
-            finite = all(torch.isfinite(p).all() for module in modules
-                         for p in module.parameters())
-            if self.first is None or finite:
-                raise
-            self._stop(f"the parameters became non-finite ({type(error).__name__})")
-
-    def check(self, elbo_per_point):
+    def check(self, elbo_per_point, epoch, step):
         if not math.isfinite(elbo_per_point):
-            self._stop(f"the training objective became {elbo_per_point}")
+            self._stop(epoch, step, f"the training objective became {elbo_per_point}")
         if self.first is None:
             self.first = elbo_per_point
         elif elbo_per_point < self.factor * min(self.first, -1.0):
-            self._stop(f"the training ELBO fell to {elbo_per_point:.3g} nats per data point, "
-                       f"from {self.first:.3g} at the start")
+            self._stop(epoch, step, f"the training ELBO fell to {elbo_per_point:.3g} nats per "
+                       f"data point, from {self.first:.3g} at the start")
 
-    def _stop(self, what):
-        epoch, step = self.where
+    def _stop(self, epoch, step, what):
         raise TrainingDiverged(
-            f"training diverged in epoch {epoch} (step {step}): {what}; lower --learning-rate "
-            f"(now {self.learning_rate:g}) and train again (files of finished epochs are "
-            "intact)")
-
-
-def _step(svi, x, num_data, jit, first):
-    if not (first and jit):
-        return svi.step(x, num_data=num_data)
-    try:
-        return svi.step(x, num_data=num_data)
-    except Exception as error:
-        raise ValueError(
-            f"--jit could not trace this model and guide ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); run without --jit") from error
+            f"training diverged in epoch {epoch} (by step {step}): {what}; lower "
+            f"--learning-rate (now {self.learning_rate:g}) and train again (files of finished "
+            "epochs are intact)")
 
 
 def _summarize(model, guide, dataset, config, out_dir, metrics, best):

@@ -35,7 +35,9 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
     """
 
     def __init__(self, logits, locs, scales, validate_args=None):
-        if locs.dim() != 2 or scales.shape != locs.shape or logits.shape != locs.shape[:1]:
+        # (Under the JIT's tracer shapes are traced values; the check is for users' calls.)
+        if not torch.jit.is_tracing() and (locs.dim() != 2 or scales.shape != locs.shape
+                                           or logits.shape != locs.shape[:1]):
             raise ValueError("DiagonalNormalMixture takes logits (K,), locs and scales (K, D); "
                              f"got {tuple(logits.shape)}, {tuple(locs.shape)}, "
                              f"{tuple(scales.shape)}")

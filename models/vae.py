@@ -6,14 +6,33 @@ For each data point x_n:
 2. decode it                      mu_n = f(z_n; theta)
 3. draw the data point            x_n ~ p(x | mu_n)
 
-All three steps sit in one ``pyro.plate("data", N, subsample_size=B)``: Pyro scales the log
-densities of a minibatch of B points by N / B, so the minibatch ELBO is an unbiased estimate of
-the ELBO of the whole data set (Kingma & Welling 2014; Hoffman et al. 2013).
+All three steps sit in one ``pyro.plate("data", N, subsample=...)`` over the B points of the
+minibatch: Pyro scales the log densities of a minibatch of B points by N / B, so the minibatch
+ELBO is an unbiased estimate of the ELBO of the whole data set (Kingma & Welling 2014; Hoffman
+et al. 2013).
 """
 
+import itertools
+
 import pyro
+import torch
 from pyro.poutine.util import is_validation_enabled
 from torch import nn
+
+
+def data_plate(num_data, batch_size, device):
+    """``pyro.plate("data", N, ...)`` for a minibatch of ``batch_size`` of the N = ``num_data``
+    points (N = B when ``num_data`` is None).
+
+    The minibatch itself is passed in, so the plate is given its positions 0..B-1 as the
+    subsample rather than left to draw a random subsample of N that nothing would use: the
+    scale N / B is the same, and no ``randperm(N)`` is drawn at every step.
+    """
+    # (Under the JIT's tracer the batch size is a traced value; the check is for users' calls.)
+    if not torch.jit.is_tracing() and num_data is not None and num_data < batch_size:
+        raise ValueError(f"num_data ({num_data}) is smaller than the minibatch ({batch_size})")
+    positions = torch.arange(batch_size, device=device)
+    return pyro.plate("data", num_data or batch_size, subsample=positions, dim=-1)
 
 
 def check_batch(x, x_dim):
@@ -70,12 +89,11 @@ class VAE(nn.Module):
             if is_validation_enabled():
                 check_batch(x, self.x_dim)
                 self.likelihood.check_data(x)
-            batch_size = x.shape[0]
-        elif batch_size is None:
-            batch_size = 1
-        if num_data is not None and num_data < batch_size:
-            raise ValueError(f"num_data ({num_data}) is smaller than the minibatch ({batch_size})")
-        with pyro.plate("data", num_data or batch_size, subsample_size=batch_size, dim=-1):
+            batch_size, device = x.shape[0], x.device
+        else:
+            batch_size = 1 if batch_size is None else batch_size
+            device = next(itertools.chain(self.parameters(), self.buffers())).device
+        with data_plate(num_data, batch_size, device):
             z = pyro.sample("z", self.prior())                        # z ~ p(z)
             mu = self.decoder(z)                                      # mu = f(z; theta)
             return pyro.sample("x", self.likelihood(mu), obs=x)       # x ~ p(x | z)

@@ -64,6 +64,9 @@ def _main(args):
 
 def train(args, folder):
     """Train into ``folder`` (held by this process) as ``args`` say."""
+    if args.time_budget is not None and not 0 < args.time_budget < float("inf"):
+        raise ConfigError(f"--time-budget must be a positive number of minutes, got "
+                          f"{args.time_budget}")
     last = folder.file(LAST)
     checkpoint = None
     how = folder.start(args.resume, args.overwrite)
@@ -94,7 +97,8 @@ def train(args, folder):
           f"({config.data.binarize} binarization), z_dim={config.model.z_dim}, "
           f"{training.num_epochs} epochs of minibatches of {training.batch_size}")
     summary = fit(model, guide, dataset, config, args.out, checkpoint=checkpoint,
-                  progress=not args.no_progress, after_epoch=draw_curves)
+                  progress=not args.no_progress, after_epoch=draw_curves,
+                  time_budget=None if args.time_budget is None else 60 * args.time_budget)
     print(f"test ELBO {summary['test_elbo']:.3f} nats per data point "
           f"({summary['num_test']} test points, best epoch {summary['best_epoch']} of "
           f"{summary['epochs']}, {summary['seconds_per_epoch']:.1f} s per epoch)")
@@ -115,6 +119,9 @@ def make_parser():
                        help="continue the run in --out from its last checkpoint")
     group.add_argument("--overwrite", action="store_true",
                        help="replace the files of an earlier run in --out")
+    group.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                       help="stop at the end of the last epoch that fits in this many minutes, "
+                       "with every file written; --resume continues")
     group.add_argument("--trust-run", action="store_true",
                        help="allow the resumed run's own parts (module:Class) to be imported; "
                        "naming a part again (--prior my_parts:StudentT) allows that one")

@@ -23,7 +23,7 @@ from inference.data import load_dataset
 from inference.guides import (DiagonalGaussianGuide, FullCovarianceGuide, IAFGuide, LocalGuide)
 from inference.local import fit_local_guide
 from inference.log_weights import log_importance_weights, log_joint
-from inference.objectives import IWAELoss, ScaleLatents, kl_weight, make_loss, warmed
+from inference.objectives import IWAELoss, ScaleLatents, kl_weight, make_objective, warmed
 from inference.training import fit
 from models import ConfigError
 from models.base.config import TrainingConfig
@@ -515,10 +515,10 @@ def test_warmup_scales_the_training_objective_of_the_first_step():
     model, guide = build(config)
     x = data_for("bernoulli", num_data=10)
     scaler = ScaleLatents(0.25)
-    loss = make_loss(config.training)
+    objective, _ = make_objective(config.training)
     recorder = RecordLatents()
     with recorder:
-        value = loss.loss(warmed(model, scaler), warmed(guide, scaler), x)
+        value = objective.loss_function()(warmed(model, scaler), warmed(guide, scaler), x).item()
     with torch.no_grad():
         log_prior, log_likelihood, log_q = log_joint(model, x, {"z": recorder.z.unsqueeze(0)},
                                                      guide=guide)
@@ -528,14 +528,23 @@ def test_warmup_scales_the_training_objective_of_the_first_step():
 
 def test_bad_objective_settings_are_refused():
     with pytest.raises(ConfigError, match="unknown objective 'renyi'; valid objectives: elbo"):
-        make_loss(TrainingConfig(objective="renyi"))
+        make_objective(TrainingConfig(objective="renyi"))
     with pytest.raises(ConfigError, match="--num-particles must be a whole number of at least"):
-        make_loss(TrainingConfig(objective={"name": "iwae", "options": {"num_particles": 0}}))
+        make_objective(TrainingConfig(objective={"name": "iwae",
+                                                 "options": {"num_particles": 0}}))
     with pytest.raises(ConfigError, match="drop --jit"):
-        make_loss(TrainingConfig(objective="iwae", jit=True))
+        make_objective(TrainingConfig(objective="iwae", jit=True))
+    with pytest.raises(ConfigError, match="drop --jit"):
+        make_objective(TrainingConfig(kl_warmup_epochs=2, jit=True))
     with pytest.raises(ConfigError, match="the iwae objective has no option 'num_particle' "
                        r"\(did you mean 'num_particles'\?\)"):
-        make_loss(TrainingConfig(objective={"name": "iwae", "options": {"num_particle": 5}}))
+        make_objective(TrainingConfig(objective={"name": "iwae",
+                                                 "options": {"num_particle": 5}}))
+    # By default the JIT is used where the objective allows it, and never under warm-up.
+    assert make_objective(TrainingConfig())[1] is True
+    assert make_objective(TrainingConfig(objective="iwae"))[1] is False
+    assert make_objective(TrainingConfig(kl_warmup_epochs=1))[1] is False
+    assert make_objective(TrainingConfig(jit=False))[1] is False
 
 
 # ---------------------------------------------------------------------------------------------

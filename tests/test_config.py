@@ -55,7 +55,8 @@ def test_unknown_keys_are_refused_with_a_suggestion():
 def test_values_are_type_checked():
     with pytest.raises(ConfigError, match=r"z_dim \(--z-dim\) must be a whole number, got 2.5"):
         ModelConfig(z_dim=2.5)
-    with pytest.raises(ConfigError, match=r"jit \(--jit\) must be true or false, got 'yes'"):
+    with pytest.raises(ConfigError, match=r"jit \(--jit\) must be true or false or null, "
+                       r"got 'yes'"):
         TrainingConfig(jit="yes")
     with pytest.raises(ConfigError, match="the option sigma of the gaussian likelihood takes a "
                        "number, got 'wide'"):
@@ -162,6 +163,8 @@ def test_version_1_run_resumes(tmp_path):
     shutil.copytree(os.path.join(LEGACY, "run"), run)
     summary = run_main("train", "--out", run, "--resume", "--num-epochs", "3", "--no-progress")
     assert summary["epochs"] == 3
-    # What the version-1 code reported for the same resumed run (tests/data/legacy_v1/README.md).
-    assert summary["test_elbo"] == pytest.approx(-13.825, abs=2e-3)
+    # The version-1 code reported -13.825 for the same resumed run (tests/data/legacy_v1). Steps
+    # no longer draw an unused random permutation, so the random stream, and with it the last
+    # digits, differ; the optimizer state carried over (Pyro's per-parameter Adam, converted).
+    assert summary["test_elbo"] == pytest.approx(-13.825, abs=0.05)
     assert load_checkpoint(str(run / "checkpoint.pt"))["version"] == 2

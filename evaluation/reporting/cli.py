@@ -164,7 +164,9 @@ TRAINING_FLAGS = {
     "num_particles": (int, "draws of z per data point and step, K of the iwae bound"),
     "kl_warmup_epochs": (float, "scale log p(z) - log q(z|x) from ~0 to 1 over this many "
                                 "epochs (0: none)"),
-    "jit": (bool, "compile the loss with JitTrace_ELBO"),
+    "jit": ("switch", "compile the loss with the JIT (JitTrace_ELBO); --no-jit never does "
+                      "(default: where the objective allows it, falling back with a message "
+                      "when a model cannot be traced)"),
 }
 CHOICES = {"dataset": DATASETS, "binarize": BINARIZATIONS, "synthetic_prior": SYNTHETIC_PRIORS}
 
@@ -172,9 +174,15 @@ CHOICES = {"dataset": DATASETS, "binarize": BINARIZATIONS, "synthetic_prior": SY
 def _add_flags(group, table):
     for dest, (kind, text) in table.items():
         default = option_defaults(dest) if dest in OPTION_FLAGS else config_default(dest)
-        if kind is not bool and "(default:" not in text and default not in (None, ""):
+        if kind not in (bool, "switch") and "(default:" not in text and default not in (None, ""):
             text += f" (default: {default})"
-        if kind is bool:
+        if kind == "switch":
+            switches = group.add_mutually_exclusive_group()
+            switches.add_argument(flag(dest), dest=dest, action="store_const", const=True,
+                                  default=None, help=text)
+            switches.add_argument(f"--no-{dest}", dest=dest, action="store_const", const=False,
+                                  help=f"the opposite of {flag(dest)}")
+        elif kind is bool:
             group.add_argument(flag(dest), action="store_true", default=None, help=text)
         else:
             group.add_argument(flag(dest), type=kind, default=None, choices=CHOICES.get(dest),

@@ -270,7 +270,9 @@ class TrainingConfig(_Section):
     objective: PartSpec = PartSpec("elbo")
     #: epochs over which the weight of log p(z) - log q(z | x) grows from ~0 to 1
     kl_warmup_epochs: float = 0.0
-    jit: bool = False
+    #: compile the loss with the JIT: None (default) where the objective allows it, True
+    #: insists (an error where it cannot), False never
+    jit: typing.Optional[bool] = None
 
     def validate(self):
         self._at_least("num_epochs", 1)

@@ -1,0 +1,547 @@
+"""How fast the literal Pyro story trains and scores, against hand-written PyTorch of the same
+computation, measured side by side in one process.
+
+- **Training**: the project's step (``inference.training.TrainingStep``, exactly what
+  ``train.py`` runs) against a hand-written PyTorch step of the same architecture, batch, data,
+  estimator (one reparameterized draw of z, log p(x|z) + log p(z) - log q(z|x)) and optimizer
+  (Adam with the same settings), on the same parameters. Blocks of steps alternate between the
+  two, after a warm-up; the device is synchronized before every clock read.
+- **Evaluation**: the ``importance`` estimator against a hand-written batched torch estimate of
+  the same model (log-mean-exp of K log weights per point, in chunks of the same size).
+- **Host-device synchronizations**: operations that make the host wait for the device (reading
+  a value, data-dependent shapes), counted per training step and per evaluation chunk. On a CPU
+  nothing waits, but the same operations would on a GPU, so they are counted here too.
+
+It prints a table, writes the numbers as JSON (``--out``) and appends a Markdown table to
+``--markdown`` (default ``docs/benchmarks.md``). Times are wall-clock seconds on this machine;
+compare ratios across machines, absolute times only on the same device::
+
+    python scripts/benchmark.py --quick              # about a minute on two CPU cores
+    python scripts/benchmark.py --device cuda --data-dir ../data
+"""
+
+import math
+import os
+import platform
+import statistics
+import time
+
+import pyro
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from evaluation.estimators import estimate
+from evaluation.reporting import cli
+from evaluation.reporting.tables import Column, fixed, render
+from inference.build import build, resolve
+from inference.data import load_dataset
+from evaluation.diagnostics import WeightSummary
+from inference.log_weights import chunks, default_max_batch_elements, log_weight_chunks
+from inference.training import TrainingStep, adam
+from models.base.cli import comma_list, entry_point
+from models.base.config import ConfigError, RunConfig
+from models.base.io import atomic_write_json
+
+NUM_DATA = 50000   # the training split of MNIST: the N of the minibatch scale, and one epoch
+#: how the project's step computes its loss: jit (train.py's default), plain (--no-jit), and two
+#: alternatives measured but not used by train.py: torch.compile of the plain loss, and the
+#: whole step captured in a CUDA graph (CUDA only)
+VARIANTS = ("jit", "plain", "compile", "cuda-graph")
+
+
+class HandVAE(torch.nn.Module):
+    """The default story written by hand: MLP encoder and decoder, a diagonal Gaussian q(z|x),
+    p(z) = N(0, I), Bernoulli p(x|z) on logits."""
+
+    def __init__(self, x_dim, hidden_dims, z_dim):
+        super().__init__()
+        self.z_dim = z_dim
+
+        def mlp(sizes):
+            layers = []
+            for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+                layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
+            return torch.nn.Sequential(*layers[:-1])
+
+        self.encoder = mlp([x_dim, *hidden_dims, 2 * z_dim])
+        self.decoder = mlp([z_dim, *reversed(hidden_dims), x_dim])
+
+    def log_weights(self, x, num_samples):
+        """(K, N) log w = log p(x|z) + log p(z) - log q(z|x) for K reparameterized draws."""
+        z_loc, raw = self.encoder(x).split(self.z_dim, -1)
+        z_scale = torch.nn.functional.softplus(raw) + 1e-4
+        eps = torch.randn((num_samples,) + z_loc.shape, device=x.device, dtype=x.dtype)
+        z = z_loc + z_scale * eps
+        log_q = (-0.5 * eps ** 2 - z_scale.log()).sum(-1)
+        log_prior = (-0.5 * z ** 2).sum(-1)
+        logits = self.decoder(z)
+        log_likelihood = -torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none").sum(-1)
+        # The normalizers of log p(z) and log q(z|x) cancel.
+        return log_likelihood + log_prior - log_q
+
+    def loss(self, x, num_data):
+        return -self.log_weights(x, 1).sum() * (num_data / x.shape[0])
+
+
+def copy_weights(model, guide, hand):
+    """Give the hand-written VAE the project's parameters, so both compute the same numbers."""
+    project = [m for m in guide.encoder if isinstance(m, torch.nn.Linear)] + \
+        [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
+    mine = [m for m in hand.encoder if isinstance(m, torch.nn.Linear)] + \
+        [m for m in hand.decoder if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for source, target in zip(project, mine):
+            target.weight.copy_(source.weight)
+            target.bias.copy_(source.bias)
+
+
+@torch.no_grad()
+def hand_importance(hand, x, num_samples, max_batch_elements):
+    """log p-hat(x_n) = log mean_k w_kn, chunked like the project's estimator."""
+    result = torch.empty(x.shape[0], device=x.device)
+    for data, particles in chunks(x.shape[0], num_samples, max_batch_elements):
+        if particles.stop - particles.start != num_samples:
+            raise ValueError("the hand-written estimate keeps whole particle columns in a chunk")
+        log_weights = hand.log_weights(x[data], num_samples)
+        result[data] = torch.logsumexp(log_weights, 0) - math.log(num_samples)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(functions, blocks, device):
+    """{name: [seconds of each block]}: the blocks of the functions alternate, in an order that
+    reverses from block to block, so that drifts of the machine hit all of them alike."""
+    seconds = {name: [] for name in functions}
+    names = list(functions)
+    for block in range(blocks):
+        for name in names if block % 2 == 0 else names[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            functions[name]()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+#: operations that make the host wait for a GPU: reading a value back, or a result whose shape
+#: depends on the values
+READS = ("_local_scalar_dense", "is_nonzero", "equal")
+DATA_DEPENDENT = ("nonzero", "masked_select", "unique", "_unique2", "unique_consecutive")
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the operations that would make the host wait for a GPU while it is active: reads
+    of floating-point or boolean values (``.item()``, ``bool()``), and results whose shape
+    depends on the values. Reads of integer scalars are left out: the JIT's graphs turn tensor
+    shapes into such scalars, which live on the host on every device."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if name in DATA_DEPENDENT or (name in READS and args and torch.is_tensor(args[0]) and (
+                args[0].is_floating_point() or args[0].dtype == torch.bool)):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class PeakMemory(TorchDispatchMode):
+    """The most memory a block holds above what it started with: on CUDA the allocator's peak;
+    on the CPU the heap in use (glibc's ``mallinfo2``: small blocks plus mmapped ones), sampled
+    after every tensor operation. NaN where neither is available."""
+
+    def __init__(self, device):
+        super().__init__()
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+            return self
+        self.before = self.top = _heap_in_use()
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.before
+            return None
+        self.peak = self.top - self.before
+        return super().__exit__(*exc_info)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        self.top = max(self.top, _heap_in_use())
+        return result
+
+
+def _heap_in_use():
+    """Bytes of the C heap in use, or NaN without glibc's mallinfo2."""
+    try:
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+    except (OSError, AttributeError):
+        return math.nan
+
+
+def summary(seconds, per_block):
+    """Median and minimum seconds per unit over the blocks."""
+    per_unit = [value / per_block for value in seconds]
+    return {"median": statistics.median(per_unit), "min": min(per_unit)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmarks
+
+def training_benchmark(args, device, dataset, batch_size, variant):
+    """The project's training step against the hand-written one at ``batch_size``."""
+    config = resolve(RunConfig.from_dict({
+        "model": {"x_dim": dataset.x_dim, "z_dim": args.z_dim,
+                  "architecture": {"name": "mlp", "options": {"hidden_dims": args.hidden_dims}}},
+        "training": {"batch_size": batch_size, "jit": variant != "plain"}}))
+    pyro.clear_param_store()
+    model, guide = build(config)
+    model, guide = model.to(device), guide.to(device)
+    hand = HandVAE(dataset.x_dim, args.hidden_dims, args.z_dim).to(device)
+    copy_weights(model, guide, hand)
+    step = TrainingStep(model, guide, config.training, log=lambda line: None)
+    hand_optimizer = adam(hand.parameters(), config.training.learning_rate)
+    if variant == "compile":
+        step = compiled_step(step, model, guide, config)
+    batches = [dataset.train.data(torch.randint(0, len(dataset.train), (batch_size,),
+                                                device=device))
+               for _ in range(args.steps)]
+    if variant == "cuda-graph":
+        step = cuda_graph_step(step, batches[0], device)
+
+    def hand_step(x):
+        hand_optimizer.zero_grad(set_to_none=True)
+        loss = hand.loss(x, NUM_DATA)
+        loss.backward()
+        hand_optimizer.step()
+        return loss.detach()
+
+    for x in batches[:3]:                       # warm up (and trace, for the JIT)
+        step(x, NUM_DATA), hand_step(x)
+    functions = {"project": lambda: [step(x, NUM_DATA) for x in batches],
+                 "hand-written": lambda: [hand_step(x) for x in batches]}
+    seconds = interleaved(functions, args.blocks, device)
+    counter = SyncCounter()
+    with counter:
+        for x in batches[:5]:
+            step(x, NUM_DATA)
+    ours, theirs = summary(seconds["project"], args.steps), summary(seconds["hand-written"],
+                                                                    args.steps)
+    ratios = [a / b for a, b in zip(seconds["project"], seconds["hand-written"])]
+    return {"batch_size": batch_size, "variant": variant,
+            "project_step_ms": 1000 * ours["median"], "project_step_min_ms": 1000 * ours["min"],
+            "hand_step_ms": 1000 * theirs["median"], "hand_step_min_ms": 1000 * theirs["min"],
+            "ratio": ours["median"] / theirs["median"],
+            "ratio_of_blocks": statistics.median(ratios),
+            "steps_per_second": 1 / ours["median"], "syncs_per_step": counter.count / 5,
+            "epoch_seconds_estimate": math.ceil(NUM_DATA / batch_size) * ours["median"]}
+
+
+def compiled_step(step, model, guide, config):
+    """The step with its (plain) loss compiled by ``torch.compile``: measured as an alternative
+    to the JIT, not used by train.py."""
+    loss = step.objective.loss_function(jit=False)
+    compiled = torch.compile(lambda x, num_data: loss(model, guide, x, num_data=num_data))
+
+    def run(x, num_data):
+        step.optimizer.zero_grad(set_to_none=True)
+        with pyro.validation_enabled(False):
+            value = compiled(x, num_data)
+            value.backward()
+        step.optimizer.step()
+        return value.detach()
+
+    return run
+
+
+def cuda_graph_step(step, example, device):
+    """The whole step (JIT-compiled loss, backward, fused Adam) captured once in a CUDA graph
+    and replayed on a static input buffer: measured on CUDA as an alternative, not used by
+    train.py."""
+    if device.type != "cuda":
+        raise ValueError("a CUDA graph needs --device cuda")
+    params = [p for group in step.optimizer.param_groups for p in group["params"]]
+    step.optimizer = torch.optim.Adam(params, lr=step.optimizer.param_groups[0]["lr"],
+                                      fused=True, capturable=True)
+    static_x = example.clone()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(static_x, NUM_DATA)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    step.optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = step(static_x, NUM_DATA)
+
+    def run(x, num_data):
+        static_x.copy_(x)
+        graph.replay()
+        return static_loss
+
+    return run
+
+
+def epoch_benchmark(args, device, dataset, batch_size):
+    """One epoch over the whole training split (50,000 MNIST images), the project's step."""
+    config = resolve(RunConfig.from_dict({
+        "model": {"x_dim": dataset.x_dim, "z_dim": args.z_dim,
+                  "architecture": {"name": "mlp", "options": {"hidden_dims": args.hidden_dims}}},
+        "training": {"batch_size": batch_size}}))
+    pyro.clear_param_store()
+    model, guide = build(config)
+    model, guide = model.to(device), guide.to(device)
+    step = TrainingStep(model, guide, config.training, log=lambda line: None)
+    num_data = len(dataset.train)
+    for x in dataset.train.batches(batch_size, shuffle=True):
+        step(x, num_data)                       # the traces, and a warm machine
+        break
+    synchronize(device)
+    start = time.perf_counter()
+    for x in dataset.train.batches(batch_size, shuffle=True):
+        step(x, num_data)
+    synchronize(device)
+    return {"batch_size": batch_size, "images": num_data, "seconds": time.perf_counter() - start}
+
+
+def evaluation_benchmark(args, device, dataset, num_samples):
+    """The importance estimator against the hand-written batched estimate at K."""
+    config = resolve(RunConfig.from_dict({
+        "model": {"x_dim": dataset.x_dim, "z_dim": args.z_dim,
+                  "architecture": {"name": "mlp", "options": {"hidden_dims": args.hidden_dims}}}}))
+    pyro.clear_param_store()
+    model, guide = build(config)
+    model, guide = model.to(device).eval(), guide.to(device).eval()
+    hand = HandVAE(dataset.x_dim, args.hidden_dims, args.z_dim).to(device).eval()
+    copy_weights(model, guide, hand)
+    x, _ = dataset.select("test", args.eval_data)
+    budget = default_max_batch_elements(x.shape[1], device)
+    num_chunks = len(list(chunks(x.shape[0], num_samples, budget)))
+    results = {}
+
+    def ours():
+        results["project"] = estimate("importance", model, guide, x, num_samples,
+                                      max_batch_elements=budget).estimate
+
+    def theirs():
+        results["hand-written"] = hand_importance(hand, x, num_samples, budget)
+
+    ours(), theirs()                             # warm up
+    memory = {}
+    for name, function in (("project", ours), ("hand-written", theirs)):
+        with PeakMemory(device) as peak:
+            function()
+        memory[name] = peak.peak
+    seconds = interleaved({"project": ours, "hand-written": theirs}, args.eval_blocks, device)
+    # Inside the chunks, in the steady state (after the chunk shapes were traced), and in all
+    # (the final read-out, and the traces).
+    inside, total = SyncCounter(), SyncCounter()
+    counted = 0
+    with torch.no_grad(), pyro.validation_enabled(False):
+        summary_of_weights = WeightSummary(x.shape[0], num_samples, device)
+        tiles = iter(log_weight_chunks(model, guide, x, num_samples, max_batch_elements=budget))
+        # The first chunk (and a last one of another shape) are traced; the rest are counted.
+        for index in range(num_chunks):
+            steady = 1 <= index < num_chunks - 1
+            if steady:
+                inside.__enter__()
+            data, _, log_weights = next(tiles)
+            summary_of_weights.update(data, log_weights)
+            if steady:
+                inside.__exit__(None, None, None)
+                counted += 1
+    with total:
+        estimate("importance", model, guide, x, num_samples, max_batch_elements=budget)
+    pairs = x.shape[0] * num_samples
+    mine, hand_seconds = summary(seconds["project"], 1), summary(seconds["hand-written"], 1)
+    difference = (results["project"].double().cpu() - results["hand-written"].double().cpu())
+    return {"num_samples": num_samples, "num_data": x.shape[0], "chunks": num_chunks,
+            "project_seconds": mine["median"], "hand_seconds": hand_seconds["median"],
+            "ratio": mine["median"] / hand_seconds["median"],
+            "ratio_of_blocks": statistics.median(
+                a / b for a, b in zip(seconds["project"], seconds["hand-written"])),
+            "pairs_per_second": pairs / mine["median"],
+            "hand_pairs_per_second": pairs / hand_seconds["median"],
+            "project_peak_bytes": memory["project"], "hand_peak_bytes": memory["hand-written"],
+            # The two estimates use different random draws: they agree within Monte Carlo error.
+            "mean_estimate_difference": difference.mean().item(),
+            "syncs_per_chunk": inside.count / max(1, counted),
+            "syncs_per_estimate": total.count}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+def environment(device):
+    return {"device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "dtype": str(torch.get_default_dtype()).replace("torch.", ""),
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "pyro": pyro.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+TRAINING_COLUMNS = (Column("batch_size", "batch", str), Column("variant", "loss", str),
+                    Column("project_step_ms", "project ms/step", fixed(2)),
+                    Column("hand_step_ms", "hand-written ms/step", fixed(2)),
+                    Column("ratio", "ratio", fixed(3)),
+                    Column("ratio_of_blocks", "paired ratio", fixed(3)),
+                    Column("steps_per_second", "steps/s", fixed(1)),
+                    Column("syncs_per_step", "syncs/step", fixed(1)),
+                    Column("epoch_seconds_estimate", "epoch s (50,000 images)", fixed(1)))
+EVALUATION_COLUMNS = (Column("num_samples", "K", str), Column("num_data", "points", str),
+                      Column("project_seconds", "project s", fixed(3)),
+                      Column("hand_seconds", "hand-written s", fixed(3)),
+                      Column("ratio", "ratio", fixed(3)),
+                      Column("ratio_of_blocks", "paired ratio", fixed(3)),
+                      Column("pairs_per_second", "points x samples / s", fixed(0)),
+                      Column("project_peak_bytes", "peak MB", lambda v: "" if v != v
+                             else f"{v / 2 ** 20:.0f}"),
+                      Column("hand_peak_bytes", "hand peak MB", lambda v: "" if v != v
+                             else f"{v / 2 ** 20:.0f}"),
+                      Column("syncs_per_chunk", "syncs/chunk", fixed(1)),
+                      Column("syncs_per_estimate", "syncs at read-out", str))
+
+
+def markdown(report):
+    env, settings = report["environment"], report["settings"]
+    lines = [f"## {env['date']}: {env['device']} ({env['device_name']}), {env['threads']} "
+             f"threads, {env['dtype']}, torch {env['torch']}, pyro {env['pyro']}"
+             f"{', quick' if report['quick'] else ''}", "",
+             f"Batch sizes {settings['batch_sizes']}, K {settings['num_samples']}, "
+             f"{settings['eval_data']} test images, MLP {settings['hidden_dims']}, z_dim "
+             f"{settings['z_dim']}, seed {settings['seed'] or 0}; medians of {report['blocks']} "
+             f"interleaved blocks of {report['steps']} steps (training) and of "
+             f"{settings['eval_blocks']} (evaluation).", "",
+             render(report["training"], TRAINING_COLUMNS, "markdown")]
+    for failure in report.get("failed", []):
+        lines += [f"The {failure['variant']} variant at batch {failure['batch_size']} did not "
+                  f"run: {failure['error']}.", ""]
+    if report.get("epoch"):
+        epoch = report["epoch"]
+        lines += [f"One full epoch of {epoch['images']} images at batch {epoch['batch_size']}: "
+                  f"{epoch['seconds']:.1f} s.", ""]
+    lines += [render(report["evaluation"], EVALUATION_COLUMNS, "markdown")]
+    return "\n".join(lines) + "\n"
+
+
+def _main(args):
+    cli.check_positive(args, "blocks", "steps", "eval_blocks", "eval_data")
+    for name in args.variants:
+        if name not in VARIANTS:
+            raise ConfigError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
+    if args.quick:
+        args.num_samples = args.num_samples or [1000]
+        args.blocks, args.steps = min(args.blocks, 7), min(args.steps, 20)
+    args.batch_sizes = args.batch_sizes or [128, 1024]
+    args.num_samples = args.num_samples or [1000, 5000]
+    if min(args.batch_sizes + args.num_samples) < 1:
+        raise ConfigError("--batch-sizes and --num-samples need positive numbers")
+    device = cli.start(args)
+    data = {"dataset": "mnist" if args.data_dir else "mnist-subset", "data_dir": args.data_dir}
+    dataset = load_dataset(RunConfig.from_dict({"data": data}), device)
+    report = {"environment": environment(device), "quick": args.quick,
+              "settings": {key: value for key, value in vars(args).items()
+                           if key not in ("out", "markdown", "no_progress")},
+              "blocks": args.blocks, "steps": args.steps,
+              "training": [], "evaluation": []}
+    for batch_size in args.batch_sizes:
+        for variant in args.variants:
+            try:
+                row = training_benchmark(args, device, dataset, batch_size, variant)
+            except Exception as error:  # an alternative that cannot run here is reported
+                if variant in ("jit", "plain"):
+                    raise
+                message = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                print(f"training, batch {batch_size}, {variant}: failed ({message})")
+                report.setdefault("failed", []).append({"batch_size": batch_size,
+                                                        "variant": variant, "error": message})
+                continue
+            report["training"].append(row)
+            print(f"training, batch {batch_size}, {variant}: {row['project_step_ms']:.2f} ms "
+                  f"against {row['hand_step_ms']:.2f} ms hand-written (ratio "
+                  f"{row['ratio']:.3f}), {row['syncs_per_step']:g} syncs per step", flush=True)
+    if args.data_dir and not args.quick:
+        report["epoch"] = epoch_benchmark(args, device, dataset, args.batch_sizes[0])
+        print(f"one epoch of {report['epoch']['images']} images: "
+              f"{report['epoch']['seconds']:.1f} s", flush=True)
+    for num_samples in args.num_samples:
+        row = evaluation_benchmark(args, device, dataset, num_samples)
+        report["evaluation"].append(row)
+        print(f"importance, K={num_samples}, {row['num_data']} points: "
+              f"{row['project_seconds']:.3f} s against {row['hand_seconds']:.3f} s "
+              f"hand-written (ratio {row['ratio']:.3f}), {row['syncs_per_chunk']:g} syncs per "
+              f"chunk, {row['syncs_per_estimate']} when reading out the estimate", flush=True)
+    print(render(report["training"], TRAINING_COLUMNS))
+    print(render(report["evaluation"], EVALUATION_COLUMNS))
+    if args.out:
+        atomic_write_json(args.out, report)
+    if args.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        with open(args.markdown, "a") as handle:     # appended: earlier results are kept
+            handle.write("\n" + markdown(report))
+        print(f"appended the table to {args.markdown}")
+    return report
+
+
+def make_parser():
+    parser = cli.make_parser("Time the project's training step and importance estimate "
+                             "against hand-written PyTorch, side by side.", __file__)
+    group = parser.add_argument_group("benchmark")
+    group.add_argument("--quick", action="store_true",
+                       help="a short run (about a minute on two CPU cores): K=1000 only, no "
+                       "full epoch")
+    group.add_argument("--batch-sizes", type=comma_list(int), default=None,
+                       help="training batch sizes (default: 128,1024)")
+    group.add_argument("--num-samples", type=comma_list(int), default=None,
+                       help="K of the importance estimates (default: 1000,5000; --quick: 1000)")
+    group.add_argument("--variants", type=comma_list(str), default=["jit"],
+                       help="losses of the project's step: jit (the default of train.py), "
+                       "plain (--no-jit), compile (torch.compile), cuda-graph (the whole step "
+                       "in a CUDA graph)")
+    group.add_argument("--blocks", type=int, default=7, help="interleaved blocks of training")
+    group.add_argument("--steps", type=int, default=30, help="training steps per block")
+    group.add_argument("--eval-blocks", type=int, default=9,
+                       help="interleaved blocks of evaluation")
+    group.add_argument("--eval-data", type=int, default=200, help="test images scored")
+    group.add_argument("--z-dim", type=int, default=50)
+    group.add_argument("--hidden-dims", type=comma_list(int), default=[512, 256])
+    group.add_argument("--out", default=None, help="write the numbers here as JSON")
+    group.add_argument("--markdown", default=os.path.join("docs", "benchmarks.md"),
+                       help="append a Markdown table to this file ('' for none)")
+    cli.add_data_flags(parser, source=False)
+    cli.add_common_flags(parser)
+    return parser
+
+
+main = entry_point(_main, make_parser)
+
+
+if __name__ == "__main__":
+    main()

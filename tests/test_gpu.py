@@ -1,0 +1,85 @@
+"""On a machine with CUDA: the same numbers on the GPU as on the CPU, every part and estimator
+running there, checkpoints moving between devices, and a training step that never waits for
+the device. Skipped without CUDA (``scripts/gpu_check.sh`` runs them)."""
+
+import pyro
+import pytest
+import torch
+
+from conftest import run_main, small_config
+from evaluation.estimators import ESTIMATORS, estimate, options_for
+from inference.build import build
+from inference.checkpoint import load_checkpoint, restore
+from inference.log_weights import log_joint
+from inference.training import TrainingStep
+
+pytestmark = pytest.mark.gpu
+PRIORS = ("standard", "mog", "vamp", "flow")
+GUIDES = ("diagonal", "fullcov", "iaf")
+
+
+def parts(prior, guide_name, likelihood="bernoulli"):
+    config = small_config(prior=prior, guide=guide_name, likelihood=likelihood,
+                          prior_options={"num_components": 3} if prior in ("mog", "vamp")
+                          else {})
+    return config, *build(config)
+
+
+@pytest.mark.parametrize("guide_name", GUIDES)
+@pytest.mark.parametrize("prior", PRIORS)
+def test_cpu_and_cuda_give_the_same_log_densities_at_the_same_z(prior, guide_name):
+    _, model, guide = parts(prior, guide_name)
+    x = torch.rand(6, 50).bernoulli()
+    z = torch.randn(4, 6, 2)
+    with torch.no_grad():
+        on_cpu = log_joint(model, x, {"z": z}, guide=guide)
+        on_gpu = log_joint(model.cuda(), x.cuda(), {"z": z.cuda()}, guide=guide.cuda())
+    for a, b in zip(on_cpu, on_gpu):
+        assert torch.allclose(a, b.cpu(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_every_estimator_runs_on_cuda(name):
+    if name == "exact":
+        config = small_config(architecture="linear", likelihood="gaussian", hidden_dims=[])
+    else:
+        config = small_config()
+    model, guide = build(config)
+    model, guide = model.cuda().eval(), guide.cuda().eval()
+    x = torch.rand(5, 50, device="cuda")
+    x = x if name == "exact" else x.bernoulli()
+    options = options_for(name, {"ais_steps": 5, "ais_leapfrog": 2,
+                                 "quadrature_tolerance": 1e-2})
+    result = estimate(name, model, guide, x, 8, **options)
+    assert torch.isfinite(result.estimate).all()
+
+
+@pytest.mark.parametrize("guide_name", GUIDES)
+@pytest.mark.parametrize("prior", PRIORS)
+def test_every_prior_and_guide_trains_on_cuda_without_waiting_for_the_device(
+        prior, guide_name):
+    config, model, guide = parts(prior, guide_name)
+    model, guide = model.cuda(), guide.cuda()
+    step = TrainingStep(model, guide, config.training)
+    x = torch.rand(16, 50, device="cuda").bernoulli()
+    step(x, 160)                                 # the JIT's trace may read values
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step(x, 160) for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(loss).item() for loss in losses)
+
+
+def test_a_run_trained_on_cuda_loads_and_evaluates_on_the_cpu(tmp_path):
+    out = tmp_path / "run"
+    run_main("train", "--dataset", "mnist-subset", "--num-epochs", "1", "--z-dim", "4",
+             "--hidden-dims", "32", "--batch-size", "200", "--no-progress", "--device", "cuda",
+             "--out", out)
+    checkpoint = load_checkpoint(str(out), map_location="cpu")
+    model, guide, _ = restore(checkpoint, "cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    report = run_main("evaluate", out, "--device", "cpu", "--num-data", "5",
+                      "--num-samples", "20")
+    assert report["device"] == "cpu"
+    pyro.clear_param_store()

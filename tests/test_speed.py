@@ -1,0 +1,246 @@
+"""The fast paths give the numbers of the plain ones: the JIT-compiled step and the plain step
+against Pyro's own Trace_ELBO, no host-device synchronization inside a step or an evaluation
+chunk, the data still checked (once), a clear fallback, the time budget, device placement
+checked on the CPU, and the benchmark script itself. No timings are asserted."""
+
+import json
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from conftest import load_script, run_main, small_config
+from evaluation.diagnostics import WeightSummary
+from evaluation.estimators import estimate
+from inference.build import build
+from inference.data import load_dataset
+from inference.log_weights import log_importance_weights, log_weight_chunks
+from inference.training import TrainingStep, fit, parameters
+from models.priors import Prior
+
+PRIORS = ("standard", "mog", "vamp", "flow")
+GUIDES = ("diagonal", "fullcov", "iaf")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli")
+
+
+def components(prior):
+    return {"num_components": 3} if prior in ("mog", "vamp") else {}
+
+
+def data(likelihood, num_data=16):
+    x = torch.rand(num_data, 50)
+    return x.bernoulli() if likelihood == "bernoulli" else x
+
+
+def gradients(model, guide):
+    return [p.grad.clone() for p in parameters(model, guide)[1]]
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "plain"])
+@pytest.mark.parametrize("prior,guide_name", [("standard", "diagonal"), ("vamp", "iaf"),
+                                              ("flow", "fullcov"), ("mog", "diagonal")])
+def test_a_training_step_computes_the_loss_and_gradients_of_pyros_trace_elbo(
+        jit, prior, guide_name):
+    config = small_config(prior=prior, prior_options=components(prior), guide=guide_name,
+                          jit=jit)
+    model, guide = build(config)
+    x = data("bernoulli")
+    step = TrainingStep(model, guide, config.training, log=pytest.fail)
+    # Pyro's own estimator, at the same parameters and the same random draws.
+    pyro.set_rng_seed(7)
+    expected = Trace_ELBO().loss_and_grads(model, guide, x, num_data=160)
+    expected_grads = gradients(model, guide)
+    for p in parameters(model, guide)[1]:
+        p.grad = None
+    before = [p.detach().clone() for p in parameters(model, guide)[1]]
+    pyro.set_rng_seed(7)
+    step.optimizer.step = lambda: None             # keep the parameters: compare gradients
+    loss = step(x, 160)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    for got, want in zip(gradients(model, guide), expected_grads):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(before, parameters(model, guide)[1]))
+
+
+def test_the_jit_step_draws_the_same_random_numbers_as_the_plain_one():
+    losses = {}
+    for jit in (True, False):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        config = small_config(jit=jit)
+        model, guide = build(config)
+        step = TrainingStep(model, guide, config.training, log=pytest.fail)
+        x = data("bernoulli")
+        torch.manual_seed(3)
+        losses[jit] = [step(x, 160).item() for _ in range(4)]   # the trace happens in step 1
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_a_model_the_jit_cannot_trace_falls_back_with_a_message(monkeypatch):
+    config = small_config()
+    model, guide = build(config)
+    said = []
+    step = TrainingStep(model, guide, config.training, log=said.append)
+
+    def untraceable(*args, **kwargs):
+        raise RuntimeError("cannot trace this")
+
+    step.jit_loss = untraceable
+    loss = step(data("bernoulli"), 160)
+    assert torch.isfinite(loss)
+    assert said == ["the JIT could not trace this model and guide (RuntimeError: cannot trace "
+                    "this); training without it"]
+    insisted = small_config(jit=True)
+    step = TrainingStep(*build(insisted), insisted.training)
+    step.jit_loss = untraceable
+    with pytest.raises(ValueError, match="--jit could not trace this model and guide"):
+        step(data("bernoulli"), 160)
+
+
+def sync_counter():
+    return load_script("benchmark").SyncCounter()
+
+
+def test_no_host_device_synchronization_inside_a_step_or_an_evaluation_chunk():
+    for jit in (True, False):
+        config = small_config(jit=jit, prior="vamp", prior_options=components("vamp"))
+        model, guide = build(config)
+        step = TrainingStep(model, guide, config.training)
+        x = data("bernoulli")
+        step(x, 160)                                # the trace, outside the count
+        counter = sync_counter()
+        with counter:
+            for _ in range(3):
+                step(x, 160)
+        assert counter.count == 0, jit
+    summary = WeightSummary(x.shape[0], 300)
+    counter = sync_counter()
+    with torch.no_grad(), pyro.validation_enabled(False), counter:
+        for chunk_data, _, log_weights in log_weight_chunks(model, guide, x, 300,
+                                                            max_batch_elements=1000):
+            summary.update(chunk_data, log_weights)
+    assert counter.count == 0
+    # The counter does see a read: it can fail.
+    counter = sync_counter()
+    with counter:
+        torch.ones(2).sum().item()
+    assert counter.count == 1
+
+
+def test_data_are_still_checked_with_the_same_messages(tmp_path):
+    config = small_config()
+    dataset = load_dataset(config)
+    dataset.train.images[3, 4] = float("nan")
+    model, guide = build(config)
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(1 of"):
+        fit(model, guide, dataset, config, str(tmp_path), progress=False, log=lambda *a: None)
+    model, _ = build(config)
+    with pytest.raises(ValueError, match="needs binary data"):
+        estimate("importance", model, guide, torch.rand(3, 50), 10)
+    with pytest.raises(ValueError, match=r"expected data of shape \(batch_size, 50\)"):
+        estimate("importance", model, guide, torch.rand(3, 49).bernoulli(), 10)
+
+
+def test_a_time_budget_stops_at_an_epoch_boundary_and_resume_finishes(tmp_path):
+    config = small_config(num_epochs=3)
+    dataset = load_dataset(config)
+    pyro.set_rng_seed(0)
+    model, guide = build(config)
+    said = []
+    summary = fit(model, guide, dataset, config, str(tmp_path), progress=False,
+                  log=said.append, time_budget=1e-6)
+    assert summary["epochs"] == 1
+    assert any("stopping after epoch 1 of 3" in line and "--resume" in line for line in said)
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 1
+    summary = run_main("train", "--out", tmp_path, "--resume", "--no-progress")
+    assert summary["epochs"] == 3
+
+
+def test_time_budget_must_be_positive(tmp_path, capsys):
+    from conftest import SMALL, refused
+
+    line = refused(capsys, "train", *SMALL, "--time-budget", "0", "--out", tmp_path / "r")
+    assert "--time-budget must be a positive number of minutes, got 0.0" in line
+
+
+class ConstantOnTheCPU(Prior):
+    """A prior that breaks the device rule: it makes its tensors on the CPU in forward."""
+
+    def forward(self):
+        return dist.Normal(torch.zeros(self.z_dim), torch.ones(self.z_dim)).to_event(1)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("guide_name", GUIDES)
+@pytest.mark.parametrize("prior", PRIORS)
+def test_every_part_keeps_its_tensors_on_the_models_device(prior, guide_name, likelihood):
+    """Moved to the "meta" device (shapes without data), every combination still computes its
+    log weights: no part makes a tensor on a fixed device, which on a GPU would fail."""
+    model, guide = build(small_config(prior=prior, prior_options=components(prior),
+                                      guide=guide_name, likelihood=likelihood))
+    model, guide = model.to("meta"), guide.to("meta")
+    x = torch.empty(4, 50, device="meta")
+    with torch.no_grad(), pyro.validation_enabled(False):
+        log_weights = log_importance_weights(model, guide, x, 3, nesting=1)
+    assert log_weights.device.type == "meta" and log_weights.shape == (3, 4)
+
+
+def test_the_device_check_catches_a_tensor_made_on_the_cpu():
+    model, guide = build(small_config())
+    model.prior = ConstantOnTheCPU(2)
+    model, guide = model.to("meta"), guide.to("meta")
+    with torch.no_grad(), pyro.validation_enabled(False), pytest.raises(Exception):
+        log_importance_weights(model, guide, torch.empty(4, 50, device="meta"), 3, nesting=1)
+
+
+def test_benchmark_runs_quick_on_a_tiny_configuration(tmp_path, capsys):
+    out, markdown = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    markdown.write_text("# earlier results\n")
+    report = run_main("benchmark", "--quick", "--batch-sizes", "16", "--num-samples", "30",
+                      "--eval-data", "3", "--blocks", "2", "--steps", "3", "--eval-blocks", "1",
+                      "--hidden-dims", "16", "--z-dim", "2", "--variants", "jit,plain",
+                      "--device", "cpu", "--out", out, "--markdown", markdown)
+    written = json.loads(out.read_text())
+    assert [row["variant"] for row in written["training"]] == ["jit", "plain"]
+    for row in report["training"]:
+        assert row["syncs_per_step"] == 0 and row["ratio"] > 0
+    (evaluation,) = report["evaluation"]
+    assert evaluation["syncs_per_chunk"] == 0 and evaluation["num_samples"] == 30
+    assert report["environment"]["threads"] == torch.get_num_threads()
+    text = markdown.read_text()
+    assert text.startswith("# earlier results\n")         # appended, nothing lost
+    assert "| batch | loss | project ms/step |" in text and "| K | points |" in text
+    assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_a_guide_that_reads_its_data_into_python_is_never_compiled(prior):
+    """The local guide looks its rows up by the data's values: a traced loss would keep the
+    rows of the first minibatch for every later one. The tracer's warning about it stops the
+    JIT, and the step computes the plain loss; standard parts, whose only Python reads are of
+    shapes, do compile."""
+    from inference.guides import LocalGuide
+    from inference.log_weights import UntraceableError, strict_tracing
+    from inference.objectives import make_objective
+
+    model, guide = build(small_config(prior=prior, prior_options=components(prior)))
+    x = data("bernoulli", num_data=6)
+    local = LocalGuide(guide, x)
+    loss = make_objective(small_config().training)[0].loss_function(jit=True)
+    with pytest.raises(UntraceableError, match=r"guides.py:\d+: Converting a tensor to a "
+                       "NumPy array"):
+        with pyro.validation_enabled(False), strict_tracing():
+            loss(model, local, x, num_data=60, batch_size=6)
+    pyro.clear_param_store()
+    with pyro.validation_enabled(False), strict_tracing():
+        value = make_objective(small_config().training)[0].loss_function(jit=True)(
+            model, guide, x, num_data=60, batch_size=6)
+    assert torch.isfinite(value)
+    # A training step with the local guide says it trains without the JIT.
+    config = small_config()
+    said = []
+    step = TrainingStep(model, local, config.training, log=said.append)
+    step(x, 60)
+    assert said and "could not trace" in said[0] and "NumPy" in said[0]
