@@ -27,7 +27,8 @@ from pyro import poutine
 
 from evaluation.diagnostics import log_mean_exp
 from evaluation.log_density import LatentLogDensity
-from inference.log_weights import check_num_samples, default_max_batch_elements
+from inference.log_weights import (check_num_samples, default_max_batch_elements, points_per_chunk,
+                                   seed_chunk)
 
 
 def sigmoid_schedule(num_steps, sharpness=4.0):
@@ -172,9 +173,10 @@ def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=STEPS, num_leap
         raise ValueError(f"{num_chains} AIS chains per data point exceed the "
                          f"{max_batch_elements} (chain, data point) pairs one chunk may hold; "
                          "use fewer chains (--ais-chains) or raise --max-batch-elements")
-    data_step = max(1, int(max_batch_elements) // num_chains)
+    data_step = points_per_chunk(num_chains, max_batch_elements)
     weights, acceptance, steps = [], [], []
     for begin in range(0, x.shape[0], data_step):
+        seed_chunk(begin)
         x_chunk = x[begin:begin + data_step]
         density = LatentLogDensity(model, x_chunk)
         chain_start = _Start(start, model, guide, x_chunk, density)

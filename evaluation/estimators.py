@@ -30,8 +30,10 @@ import torch
 from evaluation import ais as annealing
 from evaluation.diagnostics import (KHAT_THRESHOLD, WeightSummary, fraction_flagged,
                                     summarize_weights)
+from evaluation.quadrature import points_per_chunk as quadrature_points_per_chunk
 from evaluation.quadrature import quadrature_log_marginal
-from inference.log_weights import check_num_samples, log_weight_chunks
+from inference.log_weights import (check_num_samples, chunk_seeds, default_max_batch_elements,
+                                   log_weight_chunks, points_per_chunk)
 from models.base.config import ConfigError, did_you_mean
 from models.base.registry import Registry
 from models.vae import check_batch
@@ -191,20 +193,40 @@ def quadrature(model, guide, x, num_samples=None, *, quadrature_tolerance=1e-4,
                     _nan(num_data), 0, info={"grid_points_per_dim": points.double().cpu()})
 
 
+def _by_samples(model, x, num_samples, max_batch_elements):
+    return points_per_chunk(num_samples, max_batch_elements)
+
+
+def _by_point(model, x, num_samples, max_batch_elements):
+    return 1
+
+
+def _by_quadrature_grid(model, x, num_samples, max_batch_elements):
+    return quadrature_points_per_chunk(model, x, max_batch_elements)
+
+
 class EstimatorRegistry(Registry):
     """The estimators by name. Members are functions ``fn(model, guide, x, num_samples,
-    **options) -> Estimate``; ``deterministic`` ones ignore K."""
+    **options) -> Estimate``; ``deterministic`` ones ignore K.
 
-    def __init__(self, entries, deterministic=()):
+    ``chunking[name](model, x, num_samples, max_batch_elements)`` is the number of data points
+    of the estimator's chunks (which start at the first point): several processes then score
+    whole chunks each and get the numbers of one process. An estimator without it runs in the
+    first process only."""
+
+    def __init__(self, entries, deterministic=(), chunking=None):
         super().__init__("estimator", entries,
                          context=("model", "guide", "x", "num_samples", "progress"))
         self.deterministic = set(deterministic)
+        self.chunking = dict(chunking or {})
 
-    def register(self, name, function, deterministic=False):
-        """Add an estimator of your own under ``name``."""
+    def register(self, name, function, deterministic=False, chunking=None):
+        """Add an estimator of your own under ``name``; ``chunking`` as in the class doc."""
         self._entries[name] = function
         if deterministic:
             self.deterministic.add(name)
+        if chunking is not None:
+            self.chunking[name] = chunking
 
     def uses_samples(self, name):
         return name not in self.deterministic
@@ -218,7 +240,10 @@ ESTIMATORS = EstimatorRegistry({
     "ais": ais,
     "exact": exact,
     "quadrature": quadrature,
-}, deterministic=("exact", "quadrature"))
+}, deterministic=("exact", "quadrature"), chunking={
+    "elbo": _by_samples, "importance": _by_samples, "prior": _by_samples,
+    "mixture": _by_samples, "ais": _by_samples, "exact": _by_point,
+    "quadrature": _by_quadrature_grid})
 
 
 def validate_data(model, x):
@@ -239,10 +264,17 @@ def options_for(name, options):
     return {key: value for key, value in options.items() if key in accepted}
 
 
-def estimate(name, model, guide, x, num_samples, progress=False, **options):
+def estimate(name, model, guide, x, num_samples, progress=False, group=None, **options):
     """Run the estimator called ``name`` with ``options`` and time it. An option it does not
     take is an error (pick the relevant ones with :func:`options_for`). ``progress`` shows a
-    progress bar over the chunks of a long estimate."""
+    progress bar over the chunks of a long estimate.
+
+    The random numbers come from one seed drawn from torch's generator (the only draw the
+    estimate makes from it), from which each chunk of data points seeds its own (see
+    :func:`inference.log_weights.chunk_seeds`). With a ``group`` of processes
+    (:mod:`inference.distributed`), each process scores whole chunks of ``x`` and every process
+    receives the whole result: the same per-point numbers as one process.
+    """
     function = ESTIMATORS.get(name)
     accepted = ESTIMATORS.options(name)
     for key in options:
@@ -255,14 +287,65 @@ def estimate(name, model, guide, x, num_samples, progress=False, **options):
     if "progress" in inspect.signature(function).parameters:
         options = dict(options, progress=progress)
     validate_data(model, x)
+    if "max_batch_elements" in accepted and options.get("max_batch_elements") is None:
+        options["max_batch_elements"] = default_max_batch_elements(x[0].numel(), x.device)
+    seed = int(torch.randint(0, 2 ** 62, ()).item())
+    part = slice(0, x.shape[0])
+    if group is not None:
+        # One chunk budget and one seed for all (a GPU's budget depends on its free memory).
+        seed, budget = group.broadcast((seed, options.get("max_batch_elements")))
+        if budget is not None:
+            options["max_batch_elements"] = budget
+        part = _share(group, name, model, x, num_samples, budget)
     start = time.perf_counter()
-    # The data were checked once, here; Pyro's per-sample checks would each wait for the device.
-    with torch.no_grad(), pyro.validation_enabled(False):
-        result = function(model, guide, x, num_samples, **options)
+    result = None
+    if part.stop > part.start:
+        # The data were checked once, here; Pyro's per-sample checks would each wait for the
+        # device.
+        with torch.no_grad(), pyro.validation_enabled(False), \
+                chunk_seeds(seed, part.start, x.device):
+            result = function(model, guide, x[part], num_samples, **options)
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
+    if group is not None:
+        result = _gathered(group, result)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _share(group, name, model, x, num_samples, budget):
+    """This process's part of the data points: whole chunks of the estimator's grid, or all of
+    them in the first process for an estimator whose chunks are unknown."""
+    chunking = ESTIMATORS.chunking.get(name)
+    if chunking is None:
+        return slice(0, x.shape[0]) if group.is_main else slice(0, 0)
+    step = chunking(model, x, num_samples, budget if budget is not None else x.shape[0])
+    return group.share(x.shape[0], step)
+
+
+def _gathered(group, result):
+    """The whole Estimate from the parts of the processes, in data order."""
+    parts = [part for part in group.gather(_on_cpu(result)) if part is not None]
+    first = parts[0]
+    per_point = ("estimate", "stderr", "ess", "khat", "max_weight")
+    joined = {name: torch.cat([getattr(part, name) for part in parts]) for name in per_point}
+    info = {}
+    for key, value in first.info.items():
+        if torch.is_tensor(value) and value.dim() == 1:
+            info[key] = torch.cat([part.info[key] for part in parts])
+        else:
+            info[key] = value
+    return Estimate(first.estimator, num_samples=first.num_samples, info=info, **joined)
+
+
+def _on_cpu(result):
+    if result is None:
+        return None
+    moved = {name: getattr(result, name).cpu()
+             for name in ("estimate", "stderr", "ess", "khat", "max_weight")}
+    info = {key: value.cpu() if torch.is_tensor(value) else value
+            for key, value in result.info.items()}
+    return Estimate(result.estimator, num_samples=result.num_samples, info=info, **moved)
 
 
 def convergence_curves(model, guide, x, num_samples, estimators, options=None, max_chains=None,

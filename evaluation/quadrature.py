@@ -68,7 +68,7 @@ def quadrature_log_marginal(model, x, *, tolerance=1e-4, box=8.0, width=10.0,
                          f"but this model has z_dim={z_dim}; use importance or ais instead")
     if not tolerance > 0:
         raise ValueError(f"the quadrature tolerance must be positive, got {tolerance}")
-    coarse_points = coarse_points or (64 if z_dim == 2 else 512)
+    coarse_points = coarse_points or _coarse_points(z_dim)
     max_points = max_points or (1024 if z_dim == 2 else 1 << 16)
     if max_batch_elements is None:
         max_batch_elements = default_max_batch_elements(x[0].numel(), x.device)
@@ -84,6 +84,18 @@ def quadrature_log_marginal(model, x, *, tolerance=1e-4, box=8.0, width=10.0,
         for store, value in zip(results, (estimate, error, points)):
             store.append(value)
     return tuple(torch.cat(store) for store in results)
+
+
+def _coarse_points(z_dim):
+    return 64 if z_dim == 2 else 512
+
+
+def points_per_chunk(model, x, max_batch_elements):
+    """How many data points :func:`quadrature_log_marginal` refines together (its grid of
+    chunks starts at the first point): the results of a point depend on the others of its chunk
+    through the shared refinement."""
+    z_dim = LatentLogDensity(model, x[:1]).z_dim
+    return max(1, int(max_batch_elements) // _coarse_points(z_dim) ** z_dim)
 
 
 def _adaptive(density, num_data, z_dim, device, tolerance, box, width, coarse_points,

@@ -146,20 +146,32 @@ class Split:
         binary = torch.bernoulli(self.images.cpu(), generator=generator).to(self.images.device)
         return Split(binary, self.labels, False, self.latents)
 
-    def batches(self, batch_size, shuffle=False, drop_last=False):
+    def batches(self, batch_size, shuffle=False, drop_last=False, generator=None, share=None):
         """Yield minibatches of data, in a random order if ``shuffle``.
 
-        The order is drawn on the CPU from torch's global generator, so a seed gives the same
-        minibatches on every device.
+        The order is drawn on the CPU from ``generator`` (torch's global one by default), so a
+        seed gives the same minibatches on every device. With ``share = (rank, size)`` each
+        minibatch of ``batch_size`` is cut into ``size`` contiguous parts as equal as can be and
+        this process's part is yielded, as ``(x, fraction)`` where ``fraction`` is its share of
+        the minibatch (a part left empty by a short last minibatch is given as its first point,
+        with fraction 0).
         """
         n = len(self)
-        order = torch.randperm(n) if shuffle else torch.arange(n)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         order = order.to(self.images.device)
         for start in range(0, n, batch_size):
             index = order[start:start + batch_size]
             if drop_last and len(index) < batch_size:
                 break
-            yield self.data(index)
+            if share is None:
+                yield self.data(index)
+                continue
+            rank, size = share
+            first, last = rank * len(index) // size, (rank + 1) * len(index) // size
+            if last > first:
+                yield self.data(index[first:last]), (last - first) / len(index)
+            else:
+                yield self.data(index[:1]), 0.0
 
 
 @dataclass
@@ -222,17 +234,17 @@ def _mnist_dataset(name, images, labels, binarize, num_validation):
     given = num_validation is not None
     if not given:
         num_validation = DEFAULT_NUM_VALIDATION[name]
-    if not 0 < num_validation < len(train_images):
+    if not 0 <= num_validation < len(train_images):
         if not given:
             raise DataError(f"the training file holds only {len(train_images)} images, too few "
                             f"to hold out the default {num_validation} for validation; pass a "
                             "smaller --num-validation")
-        raise DataError(f"--num-validation must be between 1 and {len(train_images) - 1}, "
+        raise DataError(f"--num-validation must be between 0 and {len(train_images) - 1}, "
                         f"got {num_validation}")
     n_train = len(train_images) - num_validation
 
     def grey(x):
-        return x.reshape(len(x), -1).float() / 255.0
+        return x.flatten(1).float() / 255.0
 
     grey_splits = {"train": grey(train_images[:n_train]),
                    "validation": grey(train_images[n_train:]),

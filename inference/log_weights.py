@@ -17,6 +17,7 @@ objectives such as the IWAE bound differentiate through these weights.
 """
 
 import contextlib
+import hashlib
 import math
 import os
 import warnings
@@ -59,14 +60,22 @@ def check_num_samples(num_samples):
     return int(num_samples)
 
 
+def points_per_chunk(num_samples, max_batch_elements):
+    """How many data points one chunk of ``num_samples`` particles each holds: the step of the
+    grid of chunks, which starts at the first data point whatever the number of points (so
+    that the points of a chunk are the same in a part of the data as in the whole)."""
+    max_batch_elements = int(max_batch_elements)
+    if max_batch_elements < 1:
+        raise ValueError(f"max_batch_elements must be at least 1, got {max_batch_elements}")
+    return max(1, max_batch_elements // int(num_samples))
+
+
 def chunks(num_data, num_samples, max_batch_elements):
     """Yield (data slice, particle slice) pairs that tile the K x N grid in chunks of at most
     ``max_batch_elements`` pairs: whole particle columns for as many data points as fit, or, when
     K alone exceeds the budget, one data point at a time in blocks of particles."""
     max_batch_elements = int(max_batch_elements)
-    if max_batch_elements < 1:
-        raise ValueError(f"max_batch_elements must be at least 1, got {max_batch_elements}")
-    data_step = max(1, min(num_data, max_batch_elements // num_samples))
+    data_step = min(num_data, points_per_chunk(num_samples, max_batch_elements))
     particle_step = num_samples if max_batch_elements >= num_samples else max_batch_elements
     for start in range(0, num_data, data_step):
         for k_start in range(0, num_samples, particle_step):
@@ -181,8 +190,43 @@ def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
                disable=not progress or len(tiles) < 2)
     for data_slice, particle_slice in bar:
         k = particle_slice.stop - particle_slice.start
+        seed_chunk(data_slice.start, particle_slice.start)
         yield data_slice, particle_slice, _chunk_log_weights(scorer, x[data_slice], k, proposal,
                                                              mixture_weight)
+
+
+# (seed, offset) while chunk_seeds is active: see chunk_seeds and seed_chunk.
+_CHUNK_SEEDING = []
+
+
+@contextlib.contextmanager
+def chunk_seeds(seed, offset=0, device=None):
+    """Within this block, each chunk of an estimate draws its random numbers from a generator
+    seeded by ``seed`` and the place of the chunk in the whole data: the index of its first data
+    point (``offset`` plus its index in the part at hand) and of its first particle. A data
+    point's random numbers then depend on the seed, K and the chunk budget, not on which process
+    or call scores it: the per-point estimates of data scored in parts (by several processes)
+    equal those of the whole, bit for bit on the CPU. Torch's generators are restored on exit.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        _CHUNK_SEEDING.append((int(seed), int(offset)))
+        try:
+            yield
+        finally:
+            _CHUNK_SEEDING.pop()
+
+
+def seed_chunk(data_start, particle_start=0):
+    """Seed torch for the chunk whose first data point is ``data_start`` (in the part at hand)
+    and first particle ``particle_start``, if :func:`chunk_seeds` is active."""
+    if not _CHUNK_SEEDING:
+        return
+    seed, offset = _CHUNK_SEEDING[-1]
+    text = f"{seed}:{offset + int(data_start)}:{int(particle_start)}".encode()
+    torch.manual_seed(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+                      >> 1)
 
 
 class UntraceableError(RuntimeError):

@@ -23,6 +23,7 @@ run cleanly at the end of the last epoch that fits, to be continued with ``--res
 """
 
 import csv
+import hashlib
 import io
 import math
 import os
@@ -58,14 +59,24 @@ def elbo_per_datapoint(model, guide, x, batch_size=1000):
     return torch.cat(values)
 
 
-def mean_elbo(model, guide, split, batch_size=1000):
-    """The mean ELBO per data point over a split, in nats (one z per point)."""
+def mean_elbo(model, guide, split, batch_size=1000, group=None):
+    """The mean ELBO per data point over a split, in nats (one z per point). With a ``group``
+    of processes each scores a contiguous share of the points and the sums are combined."""
     model.eval(), guide.eval()
+    x = split.data()
+    if group is not None:
+        x = x[group.share(x.shape[0], 1)]
     try:
         with pyro.validation_enabled(False):   # the data were validated when training began
-            return elbo_per_datapoint(model, guide, split.data(), batch_size).mean().item()
+            values = elbo_per_datapoint(model, guide, x, batch_size) if x.shape[0] else \
+                torch.zeros(0, device=x.device)
     finally:
         model.train(), guide.train()
+    if group is None:
+        return values.mean().item()
+    total = group.sum(torch.stack([values.sum().double(), torch.tensor(
+        float(values.numel()), dtype=torch.float64, device=values.device)]))
+    return (total[0] / total[1]).item()
 
 
 def validate_data(model, dataset):
@@ -83,15 +94,40 @@ def validate_data(model, dataset):
             model.likelihood.check_data(split.images)
 
 
-def adam(params, learning_rate):
+def adam(params, learning_rate, eps=1e-8):
     """``torch.optim.Adam`` over ``params``, fused into one kernel where this build of torch can
     (measured on two CPU cores at batch 128: about 30% less time per step than one update per
     parameter); the arithmetic is Adam's either way."""
     params = list(params)
     try:
-        return torch.optim.Adam(params, lr=learning_rate, fused=True)
+        return torch.optim.Adam(params, lr=learning_rate, eps=eps, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=learning_rate)
+        return torch.optim.Adam(params, lr=learning_rate, eps=eps)
+
+
+#: Burda et al. (2016), section 5: "for 3^i epochs with learning rate 0.001 * 10^(-i/7), for
+#: i = 0, ..., 7", 3,280 epochs in all
+BURDA_STAGES = 8
+BURDA_EPOCHS = (3 ** BURDA_STAGES - 1) // 2
+
+
+def learning_rate_at(training, epoch):
+    """The Adam step size of epoch ``epoch`` (counted from 1) under ``training``'s schedule.
+
+    ``burda`` is the schedule of Burda, Grosse & Salakhutdinov (2016), "Importance Weighted
+    Autoencoders": stage i = 0..7 lasts 3^i of the 3,280 epochs at ``learning_rate`` *
+    10^(-i/7). It is laid over ``num_epochs`` in proportion: with 3,280 epochs it is the paper's;
+    with fewer, each epoch takes the rate of the stage its start falls in (a stage shorter than
+    an epoch is skipped)."""
+    if training.learning_rate_schedule == "constant":
+        return training.learning_rate
+    # Integer arithmetic: the start of epoch e lies at (e - 1) * 3280 / num_epochs paper epochs.
+    start = (epoch - 1) * BURDA_EPOCHS
+    stage, stage_end = 0, 1
+    while stage < BURDA_STAGES - 1 and start >= stage_end * training.num_epochs:
+        stage += 1
+        stage_end += 3 ** stage
+    return training.learning_rate * 10 ** (-stage / 7)
 
 
 def parameters(model, guide):
@@ -112,7 +148,7 @@ class TrainingStep:
     :param log: where to say that the JIT was given up for this model.
     """
 
-    def __init__(self, model, guide, training, log=print):
+    def __init__(self, model, guide, training, log=print, group=None):
         self.model, self.guide, self.log = model, guide, log
         # The JIT reads the parameters through Pyro's param store: no stale entries of another
         # model may shadow these ones.
@@ -120,20 +156,40 @@ class TrainingStep:
         self.objective, self.jit = make_objective(training)
         self.insist_on_jit = training.jit is True
         self.names, params = parameters(model, guide)
-        self.optimizer = adam(params, training.learning_rate)
+        self.optimizer = adam(params, training.learning_rate, training.adam_eps)
         self.scaler = ScaleLatents(1.0)
         self.plain_loss = self.objective.loss_function(jit=False)
         self.warmed_model = warmed(model, self.scaler)
         self.warmed_guide = warmed(guide, self.scaler)
         self.jit_loss = self.objective.loss_function(jit=True) if self.jit else None
         self._traced = set()
+        self.parallel, self.group = None, group
+        if group is not None:
+            # DistributedDataParallel copies rank 0's parameters to every process now and
+            # averages the gradients during each backward pass.
+            devices = [group.device] if group.device.type == "cuda" else None
+            self.parallel = torch.nn.parallel.DistributedDataParallel(
+                _Loss(self), device_ids=devices, forward_sync_buffers=False)
 
-    def __call__(self, x, num_data, kl_weight=1.0):
+    def __call__(self, x, num_data, kl_weight=1.0, fraction=None):
+        """One step on the minibatch ``x``; the loss is log p - log q scaled by
+        ``num_data`` / B. In a group of processes ``x`` is this process's ``fraction`` of the
+        global minibatch; the loss is weighted so that the averaged gradient is that of the
+        whole minibatch."""
         self.scaler.weight = kl_weight
         self.optimizer.zero_grad(set_to_none=True)
         with pyro.validation_enabled(False):
-            loss = self._loss(x, num_data, kl_weight)
-            loss.backward()
+            if self.parallel is None:
+                loss = self._loss(x, num_data, kl_weight)
+                loss.backward()
+            else:
+                try:
+                    loss = self.parallel(x, num_data, kl_weight, fraction)
+                    loss.backward()   # the gradients are averaged across the processes here
+                except RuntimeError as error:
+                    if self.group.is_collective_error(error):
+                        raise self.group.failure("averaging gradients", error) from error
+                    raise
         self.optimizer.step()
         return loss.detach()
 
@@ -168,6 +224,10 @@ class TrainingStep:
         self._traced.add(batch_size)
         return loss
 
+    def set_learning_rate(self, learning_rate):
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+
     def state(self):
         """The optimizer's state, with the parameter names, for a checkpoint."""
         return {"optimizer": "torch.optim.Adam", "names": self.names,
@@ -183,6 +243,22 @@ class TrainingStep:
             return
         self.optimizer.load_state_dict(pyro_optimizer_state(state, self.names,
                                                             self.optimizer, path))
+
+
+class _Loss(torch.nn.Module):
+    """The loss of a :class:`TrainingStep` as a module over the model and the guide, the form
+    ``DistributedDataParallel`` wraps (as Pyro's ``ELBOModule`` does)."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.model, self.guide = step.model, step.guide
+        self._step = (step,)
+
+    def forward(self, x, num_data, kl_weight, fraction):
+        # The mean over G processes of G * fraction * (loss of the share, scaled by N / its
+        # size) is the loss of the whole minibatch, scaled by N / B.
+        size = torch.distributed.get_world_size()
+        return self._step[0]._loss(x, num_data, kl_weight) * (size * fraction)
 
 
 def pyro_optimizer_state(state, names, optimizer, path=None):
@@ -222,8 +298,15 @@ def write_metrics(out_dir, metrics):
     atomic_write_text(os.path.join(out_dir, "metrics.csv"), buffer.getvalue())
 
 
+def epoch_seed(seed, epoch, rank=None):
+    """The seed of an epoch of a run of several processes: the order of the data (``rank``
+    None) is the same in all, the noise of each process its own."""
+    text = f"{seed}:{epoch}:{'order' if rank is None else rank}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
 def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=True, log=print,
-        after_epoch=None, time_budget=None):
+        after_epoch=None, time_budget=None, group=None):
     """Train ``model`` and ``guide`` by SVI on ``dataset`` as ``config`` says; write the run folder.
 
     :param config: the run's :class:`models.base.config.RunConfig`; training follows
@@ -233,25 +316,35 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
         are written (to draw curves, say).
     :param float time_budget: seconds this call may train; it stops at the end of the last
         epoch that is expected to finish within them (``--resume`` continues the run).
+    :param group: the :class:`inference.distributed.ProcessGroup` of a run of several
+        processes (each needs the same ``checkpoint``): each trains on its share of every
+        minibatch of ``training.batch_size`` (the global size), with the data order of the
+        epoch the same in all and its own noise; losses and ELBOs are combined across them;
+        only the first process writes files, logs and calls ``after_epoch``.
     :returns: the summary dict written to ``summary.json``.
     """
     training = config.training
-    os.makedirs(out_dir, exist_ok=True)
+    main = group is None or group.is_main
+    if not main:
+        log = _silent
+    if main:
+        os.makedirs(out_dir, exist_ok=True)
     forget_stale_params()
     validate_data(model, dataset)
-    step = TrainingStep(model, guide, training, log=log)
+    step = TrainingStep(model, guide, training, log=log, group=group)
     metrics, best, start_epoch = [], {"epoch": 0, "validation_elbo": -math.inf}, 0
     if checkpoint is not None:
         if training.num_epochs < checkpoint["epoch"]:
             raise ValueError(f"the run in {out_dir} has finished {checkpoint['epoch']} epochs; "
                              f"--num-epochs {training.num_epochs} would not continue it (give "
                              "the total number of epochs, more than that)")
-        repair(out_dir, checkpoint, write_metrics, after_epoch)
+        if main:
+            repair(out_dir, checkpoint, write_metrics, after_epoch)
         step.load_state(checkpoint["optimizer"], checkpoint.get("path"))
         metrics, best, start_epoch = checkpoint["metrics"], checkpoint["best"], checkpoint["epoch"]
         set_rng_state(checkpoint["rng"])
         log(f"resuming {out_dir} after epoch {start_epoch}")
-    else:
+    elif main:
         atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
 
     train, num_data = dataset.train, len(dataset.train)
@@ -265,54 +358,79 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
     watch = DivergenceWatch(training.learning_rate)
     for epoch in range(start_epoch + 1, num_epochs + 1):
         start = time.perf_counter()
+        step.set_learning_rate(learning_rate_at(training, epoch))
         total = torch.zeros((), device=device)
         window, window_steps, steps, weight = torch.zeros((), device=device), 0, 0, 1.0
         bar = tqdm(total=num_batches, desc=f"epoch {epoch}/{num_epochs}", unit="batch",
-                   disable=not progress, leave=False, dynamic_ncols=True)
-        for x in train.batches(batch_size, shuffle=True):
+                   disable=not progress or not main, leave=False, dynamic_ncols=True)
+        if group is None:
+            batches = ((x, None) for x in train.batches(batch_size, shuffle=True))
+        else:
+            order = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+            torch.manual_seed(epoch_seed(config.seed, epoch, group.rank))
+            batches = train.batches(batch_size, shuffle=True, generator=order,
+                                    share=(group.rank, group.size))
+        for x, fraction in batches:
             weight = kl_weight(training.kl_warmup_epochs, epoch, steps + 1, num_batches)
-            loss = step(x, num_data, weight)
+            loss = step(x, num_data, weight, fraction)
             total, window = total + loss, window + loss
             steps, window_steps = steps + 1, window_steps + 1
             bar.update()
             if steps % CHECK_EVERY == 0 or steps == num_batches or watch.first is None:
                 # The one read of the device in CHECK_EVERY steps (and at the very first step,
-                # whose loss is the yardstick of divergence).
+                # whose loss is the yardstick of divergence); with several processes the mean
+                # of their losses, so that all of them decide alike.
+                if group is not None:
+                    window = group.sum(window) / group.size
                 elbo = -window.item() / window_steps / num_data
                 watch.check(elbo, epoch, steps)
                 bar.set_postfix_str(f"ELBO {elbo:.2f} nats/point")
                 window, window_steps = torch.zeros((), device=device), 0
         bar.close()
+        if group is not None:
+            total = group.sum(total) / group.size
         train_elbo = -total.item() / steps / num_data
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        validation_elbo = mean_elbo(model, guide, dataset.validation)
+        # Without a validation split (--num-validation 0, the paper's protocol) the last epoch
+        # is the best.
+        validation_elbo = (mean_elbo(model, guide, dataset.validation, group=group)
+                           if len(dataset.validation) else math.nan)
         metrics.append({"epoch": epoch, "train_elbo": train_elbo,
                         "validation_elbo": validation_elbo, "kl_weight": weight,
                         "seconds": seconds})
-        improved = validation_elbo > best["validation_elbo"]
+        improved = validation_elbo > best["validation_elbo"] or math.isnan(validation_elbo)
         if improved:
             best = {"epoch": epoch, "validation_elbo": validation_elbo}
-        # The checkpoint is the epoch's commit point; best.pt and the rest follow from it, and
-        # run_folder.repair restores them from it after a crash (see inference/run_folder.py).
-        save_checkpoint(os.path.join(out_dir, LAST), config=config, model=model, guide=guide,
-                        optimizer=step.state(), epoch=epoch, metrics=metrics, best=best,
-                        rng=rng_state())
-        if improved:
-            atomic_copy(os.path.join(out_dir, LAST), os.path.join(out_dir, BEST))
-        write_metrics(out_dir, metrics)
-        if after_epoch is not None:
-            after_epoch(out_dir, metrics)
+        if main:
+            # The checkpoint is the epoch's commit point; best.pt and the rest follow from it,
+            # and run_folder.repair restores them from it after a crash (inference/run_folder).
+            save_checkpoint(os.path.join(out_dir, LAST), config=config, model=model,
+                            guide=guide, optimizer=step.state(), epoch=epoch, metrics=metrics,
+                            best=best, rng=rng_state())
+            if improved:
+                atomic_copy(os.path.join(out_dir, LAST), os.path.join(out_dir, BEST))
+            write_metrics(out_dir, metrics)
+            if after_epoch is not None:
+                after_epoch(out_dir, metrics)
+        shown = "     none" if math.isnan(validation_elbo) else f"{validation_elbo:9.3f}"
         log(f"epoch {epoch:3d}/{num_epochs}  train ELBO {train_elbo:9.3f}  validation ELBO "
-            f"{validation_elbo:9.3f}  ({seconds:.1f} s){'  *best*' if improved else ''}")
+            f"{shown}  ({seconds:.1f} s){'  *best*' if improved else ''}")
         elapsed = time.perf_counter() - began
-        if time_budget is not None and epoch < num_epochs and \
-                elapsed + (elapsed / (epoch - start_epoch)) > time_budget:
+        stop = time_budget is not None and epoch < num_epochs and \
+            elapsed + (elapsed / (epoch - start_epoch)) > time_budget
+        if group is not None:
+            stop = group.broadcast(stop)   # the first process's clock decides for all
+        if stop:
             log(f"stopping after epoch {epoch} of {num_epochs}: another epoch would exceed the "
                 f"time budget of {time_budget / 60:g} minutes; continue with --resume")
             break
-    return _summarize(model, guide, dataset, config, out_dir, metrics, best)
+    return _summarize(model, guide, dataset, config, out_dir, metrics, best, group)
+
+
+def _silent(*args, **kwargs):
+    pass
 
 
 class TrainingDiverged(ValueError):
@@ -345,17 +463,24 @@ class DivergenceWatch:
             "epochs are intact)")
 
 
-def _summarize(model, guide, dataset, config, out_dir, metrics, best):
+def _summarize(model, guide, dataset, config, out_dir, metrics, best, group=None):
     """Score the best-on-validation parameters on the test split and write summary.json."""
     from inference.checkpoint import load_checkpoint, load_state
 
-    best_checkpoint = load_checkpoint(os.path.join(out_dir, BEST), trust=True,
-                                      map_location=next(model.parameters()).device)
+    main = group is None or group.is_main
+    states = None
+    if main:
+        best_checkpoint = load_checkpoint(os.path.join(out_dir, BEST), trust=True,
+                                          map_location="cpu")
+        states = (best_checkpoint["model"], best_checkpoint["guide"], best_checkpoint["path"])
+    if group is not None:
+        # Only the first process can read the run folder (the others may be on other machines).
+        states = group.broadcast(states)
     with torch.random.fork_rng(devices=[]):
         # Restore afterwards so that scoring does not perturb the generator state of the run.
-        load_state(model, best_checkpoint["model"], "model", best_checkpoint["path"])
-        load_state(guide, best_checkpoint["guide"], "guide", best_checkpoint["path"])
-        test_elbo = mean_elbo(model, guide, dataset.test)
+        load_state(model, states[0], "model", states[2])
+        load_state(guide, states[1], "guide", states[2])
+        test_elbo = mean_elbo(model, guide, dataset.test, group=group)
     summary = {
         "test_elbo": test_elbo,
         "best_epoch": best["epoch"],
@@ -365,5 +490,6 @@ def _summarize(model, guide, dataset, config, out_dir, metrics, best):
         "num_train": len(dataset.train),
         "num_test": len(dataset.test),
     }
-    atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+    if main:
+        atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
     return summary

@@ -47,8 +47,8 @@ def sampled_once(name):
     return name == "ais" or not ESTIMATORS.uses_samples(name)
 
 
-def evaluate_run(opened, label, names, grid, args, options):
-    """{(estimator, K): Estimate} for one opened run."""
+def evaluate_run(opened, label, names, grid, args, options, group=None):
+    """{(estimator, K): Estimate} for one opened run (shared among a ``group`` of processes)."""
     results = {}
     seed = 0 if args.seed is None else args.seed
     for name in names:
@@ -57,7 +57,8 @@ def evaluate_run(opened, label, names, grid, args, options):
         for num_samples in sizes:
             pyro.set_rng_seed(seed)
             result = estimate(name, opened.model, opened.guide, opened.x, num_samples,
-                              progress=not args.no_progress, **options_for(name, options))
+                              progress=not args.no_progress and (group is None or group.is_main),
+                              group=group, **options_for(name, options))
             results[name, num_samples] = result
             print(f"  {label}  {name:<11} K={num_samples:<6} log p(x) "
                   f"{result.summary()['log_px_mean']:10.3f}  ({result.seconds:.1f} s)")
@@ -121,22 +122,31 @@ def write_report(args, labels, rows, paired_rows):
 
 
 def _main(args):
+    with cli.processes(args) as group:
+        return compare(args, group)
+
+
+def compare(args, group=None):
+    """Score and compare the runs as ``args`` say, in this process or shared among a ``group``
+    of processes (the first one prints and writes)."""
+    main = group is None or group.is_main
     names = cli.estimator_names(args, default=("importance",))
     grid = sorted(set(args.num_samples))
     if not grid or min(grid) < 1:
         raise ConfigError(f"--num-samples needs positive integers, got {args.num_samples}")
     cli.check_positive(args, "num_data", "ais_chains")
     options = cli.estimator_options(args, names)
-    refuse_to_overwrite([os.path.join(args.out, name) for name in OUTPUTS], args.overwrite)
+    if main:
+        refuse_to_overwrite([os.path.join(args.out, name) for name in OUTPUTS], args.overwrite)
     labels = [run_label(path) for path in args.runs]
     if len(set(labels)) != len(labels):
         labels = [f"{i}:{label}" for i, label in enumerate(labels)]
-    device = cli.start(args)
+    device = cli.start(args, group)
     all_results, data = {}, {}
     for label, path in zip(labels, args.runs):
         print(f"{path}:")
         opened = cli.open_run(args, path, device)
-        all_results[label] = evaluate_run(opened, label, names, grid, args, options)
+        all_results[label] = evaluate_run(opened, label, names, grid, args, options, group)
         data[label] = opened.x
     rows = [{"run": label, **{key: result.summary()[key] for key in SUMMARY_FIELDS[1:]}}
             for label, results in all_results.items() for result in results.values()]
@@ -156,6 +166,8 @@ def _main(args):
             result.update(run=label, baseline=baseline, estimator=name, num_samples=k)
             paired_results.append(result)
             paired_rows.append({key: result[key] for key in PAIRED_FIELDS})
+    if not main:
+        return rows, paired_rows
 
     os.makedirs(args.out, exist_ok=True)
     table = markdown(rows, paired_rows)

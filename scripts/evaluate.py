@@ -66,14 +66,25 @@ def local_guide(args, opened):
 
 
 def _main(args):
+    with cli.processes(args) as group:
+        return evaluate(args, group)
+
+
+def evaluate(args, group=None):
+    """Score the run as ``args`` say, in this process or shared among a ``group`` of them (the
+    first one prints and writes)."""
+    main = group is None or group.is_main
     names = cli.estimator_names(args, default=("elbo", "importance"))
     cli.check_positive(args, "num_samples", "num_data", "ais_chains")
     if args.bdmc is not None and args.bdmc < 0:
         raise ConfigError(f"--bdmc must be 0 or more, got {args.bdmc}")
     options = cli.estimator_options(args, names, also=("ais",) if args.bdmc else ())
-    if args.out:
+    if group is not None and args.guide == "local":
+        raise ConfigError("--guide local fits a guide to the points in one process; run it "
+                          "without torchrun")
+    if args.out and main:
         refuse_to_overwrite([args.out, csv_path(args.out)], args.overwrite)
-    opened = cli.open_run(args)
+    opened = cli.open_run(args, device=cli.start(args, group))
     model, x, seed = opened.model, opened.x, 0 if args.seed is None else args.seed
     print(f"{opened.path}: {opened.config.data.dataset} {args.split} split, {x.shape[0]} data "
           f"points, z_dim={opened.config.model.z_dim}, on {opened.device}")
@@ -82,7 +93,8 @@ def _main(args):
     for name in names:
         pyro.set_rng_seed(seed)  # each estimator's numbers do not depend on the others
         result = estimate(name, model, guide, x, cli.num_samples_for(name, args),
-                          progress=not args.no_progress, **options_for(name, options))
+                          progress=not args.no_progress and main, group=group,
+                          **options_for(name, options))
         summaries.append(result.summary())
         rows += per_point_rows(result, opened.labels)
     print(render(summaries))
@@ -99,7 +111,7 @@ def _main(args):
         gaps = summarize_gaps(gap_decomposition(model, opened.guide, guide, x, args.num_samples))
         report["gaps"] = dict(gaps, local_steps=local_steps, num_samples=args.num_samples)
         print(format_gaps(gaps, args.num_samples))
-    if args.bdmc:
+    if args.bdmc and main:   # simulated points: the first process alone
         pyro.set_rng_seed(seed)
         ais = {**ESTIMATORS.options("ais"), **options_for("ais", options)}
         chains = cli.num_samples_for("ais", args)
@@ -113,7 +125,7 @@ def _main(args):
         print(f"BDMC on {args.bdmc} points simulated from the model: forward AIS "
               f"{report['bdmc']['lower']:.3f} <= log p(x) <= reverse AIS "
               f"{report['bdmc']['upper']:.3f} (gap {report['bdmc']['gap']:.3f} nats)")
-    if args.out:
+    if args.out and main:
         atomic_write_json(args.out, report)
         table = csv_path(args.out)
         atomic_write_text(table, csv_text(rows))

@@ -6,7 +6,6 @@ Example::
     python scripts/flag_reference.py --check    # exit 2 if docs/flags.md is out of date
 """
 
-import importlib.util
 import os
 
 from evaluation.reporting import cli
@@ -16,7 +15,7 @@ from models.base.io import atomic_write_text, refuse_to_overwrite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = ("train", "evaluate", "compare", "explore", "tutorial", "make_mnist_subset",
-           "benchmark_mixture", "flag_reference")
+           "benchmark_mixture", "flag_reference", "benchmark", "reproduce")
 DEFAULT_OUT = os.path.join("docs", "flags.md")
 
 
@@ -24,10 +23,7 @@ def parsers():
     """{"train.py": parser, ...} of every script."""
     found = {}
     for name in SCRIPTS:
-        spec = importlib.util.spec_from_file_location(f"vae_flags_{name}",
-                                                      os.path.join(HERE, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = cli.script_module(os.path.join(HERE, f"{name}.py"), "vae_flags")
         found[f"{name}.py"] = module.make_parser()
     return found
 

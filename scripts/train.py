@@ -54,19 +54,28 @@ def draw_curves(out_dir, metrics):
 
 
 def _main(args):
-    cli.start(args)
+    with cli.processes(args) as group:
+        return run_training(args, group)
+
+
+def run_training(args, group=None, after_epoch=None):
+    """Train as ``args`` say, in this process or in a ``group`` of processes (the first one
+    holds the run folder)."""
+    cli.start(args, group)
     if args.out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.out = os.path.join("runs", f"{args.dataset or 'mnist'}-z{args.z_dim or 50}-{stamp}")
-    with RunFolder(args.out) as folder:
-        return train(args, folder)
+    if group is not None:
+        args.out = group.broadcast(args.out)
+    if group is None or group.is_main:
+        with RunFolder(args.out) as folder:
+            return train(args, folder, after_epoch, group)
+    return train(args, None, after_epoch, group)
 
 
-def train(args, folder):
-    """Train into ``folder`` (held by this process) as ``args`` say."""
-    if args.time_budget is not None and not 0 < args.time_budget < float("inf"):
-        raise ConfigError(f"--time-budget must be a positive number of minutes, got "
-                          f"{args.time_budget}")
+def open_training(args, folder):
+    """(config, checkpoint or None) of the run in ``folder`` as ``args`` say: a new run, a
+    restart of one that finished no epoch, or a resumed one."""
     last = folder.file(LAST)
     checkpoint = None
     how = folder.start(args.resume, args.overwrite)
@@ -82,28 +91,63 @@ def train(args, folder):
         if args.resume:
             print(f"no checkpoint in {args.out} yet; starting a new run there")
         config = make_config(args)
+    return config, checkpoint
+
+
+def train(args, folder, after_epoch=None, group=None):
+    """Train into ``folder`` (held by this process; None in the other processes of a
+    ``group``) as ``args`` say.
+
+    :param after_epoch: also called as ``after_epoch(out_dir, metrics, model, guide, dataset,
+        config)`` once each epoch's files are written (and, on ``--resume``, once for the epoch
+        of the checkpoint), with the model and guide in the state of that epoch.
+    """
+    if args.time_budget is not None and not 0 < args.time_budget < float("inf"):
+        raise ConfigError(f"--time-budget must be a positive number of minutes, got "
+                          f"{args.time_budget}")
+    config = checkpoint = None
+    if folder is not None:
+        config, checkpoint = open_training(args, folder)
+    if group is not None:
+        # The first process read the run folder; the others take its reading (as plain data).
+        if checkpoint is not None:
+            checkpoint = dict(checkpoint, config=checkpoint["config"].to_dict())
+        config, checkpoint = group.broadcast((config and config.to_dict(), checkpoint))
+        config = resolve(RunConfig.from_dict(config))
+        if checkpoint is not None:
+            checkpoint["config"] = RunConfig.from_dict(checkpoint["config"])
     pyro.set_rng_seed(config.seed)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if group is None else group.device
     dataset = load_dataset(config, device)
     config = resolve(config.updated({"model.x_dim": dataset.x_dim,
                                      "model.image_shape": dataset.image_shape}))
     model, guide = build(config)
     model, guide = model.to(device), guide.to(device)
     if checkpoint is not None:
-        load_state(model, checkpoint["model"], "model", last)
-        load_state(guide, checkpoint["guide"], "guide", last)
+        where = checkpoint.get("path", args.out)
+        load_state(model, checkpoint["model"], "model", where)
+        load_state(guide, checkpoint["guide"], "guide", where)
     training = config.training
-    print(f"training on {device}: {len(dataset.train)} {dataset.name} points "
+    processes = "" if group is None else f" in {group.size} processes"
+    print(f"training on {device}{processes}: {len(dataset.train)} {dataset.name} points "
           f"({config.data.binarize} binarization), z_dim={config.model.z_dim}, "
           f"{training.num_epochs} epochs of minibatches of {training.batch_size}")
+
+    def finished_epoch(out_dir, metrics):
+        draw_curves(out_dir, metrics)
+        if after_epoch is not None:
+            after_epoch(out_dir, metrics, model, guide, dataset, config)
+
     summary = fit(model, guide, dataset, config, args.out, checkpoint=checkpoint,
-                  progress=not args.no_progress, after_epoch=draw_curves,
-                  time_budget=None if args.time_budget is None else 60 * args.time_budget)
+                  progress=not args.no_progress, after_epoch=finished_epoch,
+                  time_budget=None if args.time_budget is None else 60 * args.time_budget,
+                  group=group)
     print(f"test ELBO {summary['test_elbo']:.3f} nats per data point "
           f"({summary['num_test']} test points, best epoch {summary['best_epoch']} of "
           f"{summary['epochs']}, {summary['seconds_per_epoch']:.1f} s per epoch)")
-    files = sorted(name for name in os.listdir(args.out) if not name.startswith("."))
-    print(f"files in {args.out}: {', '.join(files)}")
+    if folder is not None:
+        files = sorted(name for name in os.listdir(args.out) if not name.startswith("."))
+        print(f"files in {args.out}: {', '.join(files)}")
     return summary
 
 

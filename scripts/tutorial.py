@@ -10,7 +10,6 @@ then copies the figures into ``--docs``/figures (re-encoded with a 64-colour pal
 they stay small) and fills in the tutorial's text.
 """
 
-import importlib.util
 import json
 import os
 
@@ -31,11 +30,7 @@ def script(name, *args):
     in one line) stops the tutorial."""
     argv = [str(arg) for arg in args]
     print(f"$ python scripts/{name} {' '.join(argv)}", flush=True)
-    spec = importlib.util.spec_from_file_location(f"vae_script_{name[:-3]}",
-                                                  os.path.join(HERE, name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    return cli.script_module(os.path.join(HERE, name)).main(argv)
 
 
 def small_png(source, target, colours=64):

@@ -15,7 +15,8 @@ DATA = os.path.join(ROOT, "tests", "data")
 _DATA_KEYS = {"dataset", "data_dir", "download", "binarize", "num_validation",
               "synthetic_z_dim", "synthetic_x_dim", "synthetic_num_train", "synthetic_seed",
               "synthetic_prior"}
-_TRAINING_KEYS = {"num_epochs", "batch_size", "learning_rate", "kl_warmup_epochs", "jit"}
+_TRAINING_KEYS = {"num_epochs", "batch_size", "learning_rate", "kl_warmup_epochs", "jit",
+                  "learning_rate_schedule", "adam_eps"}
 
 
 @pytest.fixture(autouse=True)

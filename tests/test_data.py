@@ -99,7 +99,7 @@ def test_unknown_dataset_and_binarization_are_rejected():
         load_dataset(DataConfig(dataset="cifar"))
     with pytest.raises(DataError, match=r"unknown binarization 'half'; valid: dynamic"):
         subset("half")
-    with pytest.raises(DataError, match=r"--num-validation must be between 1 and 1999"):
+    with pytest.raises(DataError, match=r"--num-validation must be between 0 and 1999"):
         subset(num_validation=2000)
 
 

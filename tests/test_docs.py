@@ -7,9 +7,11 @@ import re
 from conftest import ROOT, load_script
 
 DOCS = ("README.md", "RESULTS.md", "docs/training.md", "docs/estimators.md",
-        "docs/extending.md", "docs/reproducing.md", "docs/tutorial.md")
-#: flags of other programs that the guides mention (pytest's)
-OTHERS = {"--durations"}
+        "docs/extending.md", "docs/reproducing.md", "docs/tutorial.md", "docs/distributed.md",
+        "docs/benchmarks.md")
+#: flags of other programs that the guides mention (pytest's and torchrun's)
+OTHERS = {"--durations", "--standalone", "--nproc-per-node", "--nnodes", "--rdzv-backend",
+          "--rdzv-id", "--rdzv-endpoint"}
 
 
 def test_flag_reference_is_generated_from_the_parsers():

@@ -108,7 +108,11 @@ def test_ais_agrees_with_exact(ppca):
     result = estimate("ais", model, None, x, 8, ais_steps=1000, ais_leapfrog=5)
     ok, worst = within(result, exact, slack=0.1)
     assert ok, (worst, result.stderr)
-    assert abs(result.estimate.mean().item() - exact.mean().item()) < 0.1
+    # The mean over the points within 4 Monte Carlo standard errors of the mean, and a little
+    # for AIS's downward bias at 1000 steps (a stochastic lower bound).
+    summary = result.summary()
+    assert abs(summary["log_px_mean"] - exact.mean().item()) < \
+        4 * summary["log_px_stderr"] + 0.05, summary
     assert 0.3 < result.info["acceptance"].mean().item() < 0.95
 
 

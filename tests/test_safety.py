@@ -241,19 +241,24 @@ def test_estimates_stream_their_weights_and_equal_the_whole_array_summary(monkey
     tiles = list(log_weights_module.chunks(3, 3000, 700))
     assert len(tiles) == 3 * 5 and all(p.stop - p.start <= 700 for _, p in tiles)
     summary = WeightSummary(3, 3000)
-    torch.manual_seed(5)
-    for data, _, chunk in log_weights_module.log_weight_chunks(model, guide, x, 3000,
-                                                               max_batch_elements=700):
+
+    def chunks_as_estimate_draws_them():
+        # estimate() draws one seed from torch's generator and seeds each chunk from it.
+        torch.manual_seed(5)
+        seed = int(torch.randint(0, 2 ** 62, ()).item())
+        with log_weights_module.chunk_seeds(seed):
+            yield from log_weights_module.log_weight_chunks(model, guide, x, 3000,
+                                                            max_batch_elements=700)
+
+    for data, _, chunk in chunks_as_estimate_draws_them():
         summary.update(data, chunk)
     result = summary.result()
     for key, value in (("estimate", streamed.estimate), ("khat", streamed.khat),
                        ("ess", streamed.ess)):
         assert torch.allclose(result[key], value, rtol=1e-12, equal_nan=True), key
     # The same K weights held whole give the same numbers (chunking changes nothing).
-    torch.manual_seed(5)
     full = torch.empty(3000, 3, dtype=torch.float32)
-    for data, particles, chunk in log_weights_module.log_weight_chunks(
-            model, guide, x, 3000, max_batch_elements=700):
+    for data, particles, chunk in chunks_as_estimate_draws_them():
         full[particles, data] = chunk
     reference = summarize_weights(full)
     for key in ("estimate", "stderr", "ess", "khat", "max_weight"):
@@ -368,7 +373,9 @@ def test_bad_evaluation_values_get_one_line(tiny_run, flags, message, capsys):
     (["--prior", "vamp", "--prior-components", "0"], "needs at least one pseudo-input"),
     (["--guide", "iaf", "--guide-flows", "0"], "the iaf guide's num_flows must be a positive"),
     (["--learning-rate", "nan"], "learning_rate (--learning-rate) must be a finite number"),
-    (["--num-validation", "0"], "num_validation (--num-validation) must be at least 1"),
+    (["--num-validation", "-1"], "num_validation (--num-validation) must be at least 0"),
+    (["--adam-eps", "0"], "adam_eps (--adam-eps) must be a positive number, got 0"),
+    (["--learning-rate-schedule", "cosine"], "invalid choice: 'cosine'"),
     (["--seed", "-1"], "seed (--seed) must lie in 0..4294967295, got -1"),
 ])
 def test_bad_training_values_get_one_line(flags, message, tmp_path, capsys):

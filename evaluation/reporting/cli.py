@@ -17,6 +17,8 @@ told from a default.
 """
 
 import argparse
+import contextlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -26,12 +28,13 @@ import torch
 
 from evaluation.ais import SCHEDULES
 from evaluation.estimators import ESTIMATORS
+from inference import distributed
 from inference.data import BINARIZATIONS, DATASETS, SPLITS, SYNTHETIC_PRIORS
 from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
 from inference.runs import load_run
-from models.base.cli import HelpFormatter, comma_list, key_value
-from models.base.config import ConfigError, RunConfig, check_seed
+from models.base.cli import ArgumentParser, HelpFormatter, comma_list, key_value
+from models.base.config import LEARNING_RATE_SCHEDULES, ConfigError, RunConfig, check_seed
 from models.base.device import resolve_device
 from models.decoders import ARCHITECTURES
 from models.likelihoods import LIKELIHOODS
@@ -50,6 +53,8 @@ CONFIG_PATHS = {
     "guide": "model.guide.name",
     "num_epochs": "training.num_epochs", "batch_size": "training.batch_size",
     "learning_rate": "training.learning_rate", "objective": "training.objective.name",
+    "learning_rate_schedule": "training.learning_rate_schedule",
+    "adam_eps": "training.adam_eps",
     "kl_warmup_epochs": "training.kl_warmup_epochs", "jit": "training.jit",
     "seed": "seed", "device": "device",
 }
@@ -158,6 +163,10 @@ TRAINING_FLAGS = {
     "num_epochs": (int, "passes over the training split, in total when resuming"),
     "batch_size": (int, "minibatch size B"),
     "learning_rate": (float, "Adam step size"),
+    "learning_rate_schedule": (str, "constant, or burda: the step size of Burda et al. (2016), "
+                                    "learning_rate * 10^(-i/7) for 3^i epochs (i = 0..7) laid "
+                                    "over --num-epochs in proportion"),
+    "adam_eps": (float, "Adam's epsilon (Burda et al.: 1e-4)"),
     "objective": (str, f"one of {OBJECTIVES.names()}: elbo is Trace_ELBO, meanfield "
                        "TraceMeanField_ELBO (analytic KL where it exists), iwae the "
                        "importance-weighted bound"),
@@ -168,7 +177,8 @@ TRAINING_FLAGS = {
                       "(default: where the objective allows it, falling back with a message "
                       "when a model cannot be traced)"),
 }
-CHOICES = {"dataset": DATASETS, "binarize": BINARIZATIONS, "synthetic_prior": SYNTHETIC_PRIORS}
+CHOICES = {"dataset": DATASETS, "binarize": BINARIZATIONS, "synthetic_prior": SYNTHETIC_PRIORS,
+           "learning_rate_schedule": LEARNING_RATE_SCHEDULES}
 
 
 def _add_flags(group, table):
@@ -432,12 +442,39 @@ def num_samples_for(name, args):
 # ---------------------------------------------------------------------------------------------
 # Opening a run
 
-def start(args):
+def script_module(path, prefix="vae_script"):
+    """Import the script at ``path`` (``scripts/train.py``, which is not in a package) as a
+    module, to call its ``main(argv)`` or ``make_parser()`` in this process."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def start(args, group=None):
     """What every script does first: seed torch and Pyro, empty Pyro's parameter store, and
-    resolve the device. Returns the device."""
+    resolve the device (in a group of processes, this process's). Returns the device."""
     pyro.set_rng_seed(check_seed(args.seed) if args.seed is not None else 0)
     pyro.clear_param_store()
-    return resolve_device(args.device)
+    device = resolve_device(args.device)
+    return device if group is None else group.device
+
+
+@contextlib.contextmanager
+def processes(args):
+    """The :class:`inference.distributed.ProcessGroup` of a script launched by ``torchrun``
+    with several processes (None for one process), left when the block ends. Only the first
+    process prints."""
+    group = distributed.from_environment(getattr(args, "device", None) or "auto")
+    try:
+        if group is not None and not group.is_main:
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+                yield group
+        else:
+            yield group
+    finally:
+        distributed.shutdown(group)
 
 
 @dataclass
@@ -488,8 +525,8 @@ def check_positive(args, *names):
 def make_parser(description, script):
     """An argument parser with the project's help format; ``script`` is the script's file
     (``__file__``), whose name the messages start with."""
-    return argparse.ArgumentParser(prog=os.path.basename(script), description=description,
-                                   formatter_class=HelpFormatter)
+    return ArgumentParser(prog=os.path.basename(script), description=description,
+                          formatter_class=HelpFormatter)
 
 
 def flag_reference(parsers):

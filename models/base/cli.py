@@ -20,6 +20,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line (``train.py: error: ...``) rather than the
+    whole usage, which ``--help`` prints."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def run(main, parser, argv=None):
     """Parse ``argv`` (default: ``sys.argv[1:]``) with ``parser`` and return ``main(args)``.
 

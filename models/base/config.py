@@ -216,7 +216,7 @@ class DataConfig(_Section):
     synthetic_prior: str = "standard"
 
     def validate(self):
-        self._at_least("num_validation", 1, optional=True)
+        self._at_least("num_validation", 0, optional=True)
         for name in ("synthetic_z_dim", "synthetic_x_dim", "synthetic_num_train"):
             self._at_least(name, 1)
 
@@ -260,6 +260,10 @@ class ModelConfig(_Section):
         raise ConfigError(f"expected a model configuration, got {type(value).__name__}")
 
 
+#: the learning-rate schedules of TrainingConfig.learning_rate_schedule
+LEARNING_RATE_SCHEDULES = ("constant", "burda")
+
+
 @dataclass(frozen=True)
 class TrainingConfig(_Section):
     """How SVI trains the model and guide (see :mod:`inference.training`)."""
@@ -267,6 +271,12 @@ class TrainingConfig(_Section):
     num_epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3
+    #: how the step size changes with the epochs (see ``inference.training.learning_rate_at``):
+    #: constant, or burda (Burda et al. 2016: 1e-3 * 10^(-i/7) for 3^i epochs, laid over
+    #: num_epochs)
+    learning_rate_schedule: str = "constant"
+    #: Adam's epsilon (Burda et al. used 1e-4; torch's default is 1e-8)
+    adam_eps: float = 1e-8
     objective: PartSpec = PartSpec("elbo")
     #: epochs over which the weight of log p(z) - log q(z | x) grows from ~0 to 1
     kl_warmup_epochs: float = 0.0
@@ -281,6 +291,13 @@ class TrainingConfig(_Section):
             raise ConfigError(f"{self._where('learning_rate')} must be positive, got "
                               f"{self.learning_rate}")
         self._at_least("kl_warmup_epochs", 0)
+        if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
+            raise ConfigError(f"{self._where('learning_rate_schedule')} must be one of "
+                              f"{', '.join(LEARNING_RATE_SCHEDULES)}, got "
+                              f"{self.learning_rate_schedule!r}")
+        if not 0 < self.adam_eps < math.inf:
+            raise ConfigError(f"{self._where('adam_eps')} must be a positive number, got "
+                              f"{self.adam_eps}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,145 @@
+"""Several processes, one run: ``torch.distributed`` as launched by ``torchrun``.
+
+``torchrun --nproc-per-node G scripts/train.py ...`` starts G copies of a script with the
+variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR``/``MASTER_PORT`` set;
+:func:`from_environment` joins them into a process group (NCCL for CUDA devices, gloo for the
+CPU) and gives each process its device (``cuda:LOCAL_RANK`` on a machine with GPUs).
+
+- Training (:mod:`inference.training`) wraps the loss of the model and guide in
+  ``DistributedDataParallel``: every process takes a disjoint share of each global minibatch,
+  and the gradients are averaged so that each update is that of one process with the whole
+  minibatch.
+- Evaluation (:func:`evaluation.estimators.estimate`) gives each process whole chunks of the
+  data points and gathers the per-point results; a point's random numbers depend on its place in
+  the data, not on the process (see :func:`inference.log_weights.chunk_seeds`).
+
+A process that fails or stops answering ends the others: a collective that waits longer than
+``VAE_DIST_TIMEOUT`` seconds (default 600) fails in every process, each of which then stops
+with one line (:class:`ProcessGroupFailed`); ``torchrun`` stops the rest when one exits.
+"""
+
+import datetime
+import math
+import os
+
+import torch
+import torch.distributed as dist
+
+#: seconds a collective waits for the other processes before the run is given up
+DEFAULT_TIMEOUT = 600.0
+
+
+class ProcessGroupFailed(ConnectionError):
+    """Another process of the run failed or stopped answering; this one cannot go on."""
+
+
+def timeout_seconds():
+    text = os.environ.get("VAE_DIST_TIMEOUT", str(DEFAULT_TIMEOUT))
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ValueError(f"VAE_DIST_TIMEOUT must be a positive number of seconds, got {text!r}")
+    return value
+
+
+class ProcessGroup:
+    """The processes of one run: this one's ``rank`` among ``size``, and the collectives the
+    project uses. Rank 0 is the one that writes files and prints."""
+
+    def __init__(self, rank, size, local_rank, device):
+        self.rank, self.size, self.local_rank, self.device = rank, size, local_rank, device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def _guard(self, what, function, *args):
+        try:
+            return function(*args)
+        except (RuntimeError, ConnectionError) as error:
+            raise self.failure(what, error) from error
+
+    def failure(self, what, error):
+        """The :class:`ProcessGroupFailed` to raise for ``error`` of a collective."""
+        if isinstance(error, ProcessGroupFailed):
+            return error
+        detail = " ".join(str(error).split())[:300]
+        return ProcessGroupFailed(
+            f"process {self.rank} of {self.size} lost the others while {what} ({detail}); "
+            "the run stops here; the files of finished epochs are intact, so the same command "
+            "with --resume continues it")
+
+    @staticmethod
+    def is_collective_error(error):
+        """Whether ``error`` came from the communication between the processes."""
+        distributed_error = getattr(dist, "DistError", ())
+        text = str(error)
+        return isinstance(error, (ConnectionError, distributed_error)) or any(
+            word in text for word in ("gloo", "Gloo", "NCCL", "Connection closed", "timed out"))
+
+    def broadcast(self, value):
+        """Rank 0's ``value`` (any picklable object), in every process."""
+        box = [value if self.is_main else None]
+        self._guard("sharing a value", dist.broadcast_object_list, box, 0)
+        return box[0]
+
+    def gather(self, value):
+        """[value of rank 0, value of rank 1, ...] in every process."""
+        values = [None] * self.size
+        self._guard("gathering results", dist.all_gather_object, values, value)
+        return values
+
+    def sum(self, tensor):
+        """The elementwise sum of ``tensor`` over the processes (in place; returned)."""
+        self._guard("adding up results", dist.all_reduce, tensor)
+        return tensor
+
+    def barrier(self):
+        # A barrier through a collective on a tensor: also waits on gloo and NCCL alike.
+        self.sum(torch.zeros(1, device=self.device))
+
+    def share(self, num_items, step):
+        """This process's part of ``num_items`` items cut into blocks of ``step`` (the last
+        one shorter): contiguous runs of whole blocks, as equal as can be, in rank order."""
+        num_blocks = math.ceil(num_items / step) if num_items else 0
+        first = self.rank * num_blocks // self.size
+        last = (self.rank + 1) * num_blocks // self.size
+        return slice(min(num_items, first * step), min(num_items, last * step))
+
+
+def launched():
+    """True inside a process that ``torchrun`` started as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def from_environment(device_name="auto"):
+    """The :class:`ProcessGroup` of a run launched by ``torchrun`` with several processes (None
+    for a single process), with this process's device for ``device_name`` (auto, cpu, cuda)."""
+    if not launched():
+        return None
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wants_cuda = device_name.startswith("cuda") or (device_name == "auto"
+                                                    and torch.cuda.is_available())
+    if wants_cuda:
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device_name} asks for CUDA, which this machine lacks")
+        if device_name not in ("auto", "cuda"):
+            raise ValueError(f"with several processes each takes the GPU of its local rank; "
+                             f"pass --device cuda or auto, not {device_name}")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    timeout = datetime.timedelta(seconds=timeout_seconds())
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timeout)
+    return ProcessGroup(rank, size, local_rank, device)
+
+
+def shutdown(group):
+    if group is not None and dist.is_initialized():
+        dist.destroy_process_group()

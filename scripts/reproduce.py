@@ -1,0 +1,226 @@
+"""Train and score a model by a published protocol: one command per row of a paper's table.
+
+The presets follow Burda, Grosse & Salakhutdinov (2016), "Importance Weighted Autoencoders",
+section 5 and Table 1 (MNIST, one stochastic layer):
+
+- two deterministic layers of 200 tanh units in the encoder and the decoder, z_dim 50,
+  a Bernoulli likelihood on logits, a diagonal Gaussian guide, a N(0, I) prior;
+- dynamic binarization of the training images (a fresh Bernoulli draw each time an image is
+  used), all 60,000 training images (no validation split: the last epoch is the result);
+- Adam with beta1 0.9, beta2 0.999, eps 1e-4, batch 20, and the learning rate
+  1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7: 3,280 epochs in all;
+- ``burda-vae`` trains with the ELBO (k = 1), ``burda-iwae5`` and ``burda-iwae50`` with the
+  importance-weighted bound at k = 5 and 50;
+- scored by importance sampling with the guide as proposal, K = 5000, on all 10,000 test
+  images.
+
+A ``-short`` preset (``burda-vae-short``, ...) is the same protocol with the schedule laid over
+400 epochs in proportion (the stages keep their 1 : 3 : 9 ... lengths; those shorter than an
+epoch fall away), the budget of one to two hours on two CPU cores. Any training flag given
+explicitly (``--num-epochs``, ``--prior vamp``, ``--guide iaf``, ...) overrides the preset, so
+the same protocol scores other priors and guides.
+
+Deviations from the paper, also in docs/reproducing.md: the test images are binarized once with a
+fixed seed (the same draw for every run, so runs can be compared point by point); weights are
+initialized as torch initializes ``nn.Linear``, not as in the paper's code; the guide's standard
+deviation is softplus(.) + a small floor, not exp(.).
+
+Along the run, at the epochs of ``--curve-epochs``, the model is scored by importance sampling
+(``--curve-samples`` K on the first ``--curve-data`` test images) into ``curve.csv`` in the run
+folder: the learning curve. When the last epoch is done, the final score is written to
+``test-importance.json`` and ``.csv`` (per image) in the run folder. ``--time-budget`` ends the
+training at an epoch boundary; run the same command with ``--resume`` to continue::
+
+    python scripts/reproduce.py burda-vae-short --out runs/burda-vae --data-dir ../data
+    python scripts/reproduce.py burda-iwae5-short --out runs/burda-iwae5 --time-budget 60
+    python scripts/reproduce.py burda-iwae5-short --out runs/burda-iwae5 --resume
+"""
+
+import csv
+import io
+import os
+import time
+
+import pyro
+import torch
+
+from evaluation.estimators import estimate
+from evaluation.reporting import cli
+from models.base.cli import comma_list, entry_point
+from models.base.config import ConfigError
+from models.base.io import atomic_write_text
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+train_script = cli.script_module(os.path.join(HERE, "train.py"))
+evaluate_script = cli.script_module(os.path.join(HERE, "evaluate.py"))
+
+#: Burda et al. (2016), section 5; the flags of train.py each preset sets
+BURDA = {"dataset": "mnist", "binarize": "dynamic", "num_validation": 0,
+         "hidden_dims": [200, 200], "activation": "tanh", "z_dim": 50,
+         "prior": "standard", "guide": "diagonal", "likelihood": "bernoulli",
+         "batch_size": 20, "learning_rate": 1e-3, "learning_rate_schedule": "burda",
+         "adam_eps": 1e-4, "num_epochs": 3280}
+SHORT_EPOCHS = 400
+PRESETS = {
+    "burda-vae": dict(BURDA, objective="elbo", num_particles=1),
+    "burda-iwae5": dict(BURDA, objective="iwae", num_particles=5),
+    "burda-iwae50": dict(BURDA, objective="iwae", num_particles=50),
+}
+PRESETS.update({f"{name}-short": dict(flags, num_epochs=SHORT_EPOCHS)
+                for name, flags in list(PRESETS.items())})
+#: the published test log-likelihoods (nats; K = 5000 on the 10,000 test images), Table 1
+PUBLISHED = {"burda-vae": -86.76, "burda-iwae5": -85.54, "burda-iwae50": -84.78}
+
+CURVE_FIELDS = ("epoch", "num_samples", "num_data", "log_px_mean", "log_px_data_stderr",
+                "log_px_mc_stderr", "seconds")
+FINAL = "test-importance.json"
+
+
+def read_curve(path):
+    """{epoch: row} of a curve.csv (empty if there is none yet)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as handle:
+        return {int(row["epoch"]): row for row in csv.DictReader(handle)}
+
+
+def write_curve(path, rows):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CURVE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for epoch in sorted(rows):
+        writer.writerow(rows[epoch])
+    atomic_write_text(path, buffer.getvalue())
+
+
+class LearningCurve:
+    """The ``after_epoch`` hook of train.py that scores the model at the chosen epochs.
+
+    It runs after the epoch's checkpoint is written, on the model in that state, with its own
+    random numbers (seeded by the run's seed and the epoch), so that it changes nothing in the
+    training: a run with a curve ends where a run without one ends. A crash before the row is
+    written is repaired on ``--resume``, which calls the hook again for the checkpoint's epoch.
+    """
+
+    def __init__(self, epochs, num_samples, num_data, log=print):
+        self.epochs, self.num_samples, self.num_data, self.log = set(epochs), num_samples, \
+            num_data, log
+
+    def __call__(self, out_dir, metrics, model, guide, dataset, config):
+        epoch = metrics[-1]["epoch"]
+        last = epoch == config.training.num_epochs
+        path = os.path.join(out_dir, "curve.csv")
+        rows = read_curve(path)
+        if not (epoch in self.epochs or last) or epoch in rows:
+            return
+        x, _ = dataset.select("test", min(self.num_data, len(dataset.test)))
+        was_training = model.training
+        model.eval(), guide.eval()
+        devices = [x.device] if x.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                pyro.set_rng_seed(config.seed * 100003 + epoch)
+                result = estimate("importance", model, guide, x, self.num_samples)
+        finally:
+            model.train(was_training), guide.train(was_training)
+        summary = result.summary()
+        rows[epoch] = {"epoch": epoch, "num_samples": self.num_samples,
+                       "num_data": summary["num_data"], "log_px_mean": summary["log_px_mean"],
+                       "log_px_data_stderr": summary["log_px_data_stderr"],
+                       "log_px_mc_stderr": summary["log_px_stderr"],
+                       "seconds": result.seconds}
+        write_curve(path, rows)
+        self.log(f"learning curve, epoch {epoch}: log p(x) {summary['log_px_mean']:.3f} "
+                 f"(K={self.num_samples}, {summary['num_data']} test images, "
+                 f"{result.seconds:.0f} s)")
+
+
+def default_curve_epochs(num_epochs):
+    """1, 2, 5, 10, 20, 50, ... up to ``num_epochs``, and the last epoch."""
+    epochs, scale = [], 1
+    while scale <= num_epochs:
+        epochs += [e for e in (scale, 2 * scale, 5 * scale) if e <= num_epochs]
+        scale *= 10
+    return sorted(set(epochs + [num_epochs]))
+
+
+def apply_preset(args):
+    """Fill every training flag the user did not give with the preset's value."""
+    for dest, value in PRESETS[args.preset].items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+
+
+def _main(args):
+    with cli.processes(args) as group:
+        return reproduce(args, group)
+
+
+def reproduce(args, group=None):
+    """Train and score as the preset and ``args`` say (shared among a ``group`` of processes
+    under ``torchrun``)."""
+    cli.check_positive(args, "curve_samples", "curve_data", "eval_samples", "eval_data")
+    apply_preset(args)
+    if args.out is None:
+        raise ConfigError("give the run folder with --out")
+    curve_epochs = args.curve_epochs or default_curve_epochs(args.num_epochs)
+    if min(curve_epochs) < 1:
+        raise ConfigError(f"--curve-epochs must be positive epochs, got {curve_epochs}")
+    curve = LearningCurve(curve_epochs, args.curve_samples, args.curve_data)
+    start = time.perf_counter()
+    summary = train_script.run_training(args, group, after_epoch=curve)
+    print(f"trained {summary['epochs']} epochs in this folder "
+          f"({(time.perf_counter() - start) / 60:.1f} minutes in this call)")
+    if summary["epochs"] < args.num_epochs:
+        print(f"the run stopped after epoch {summary['epochs']} of {args.num_epochs}; run the "
+              "same command with --resume to continue, and the final score follows the last "
+              "epoch")
+        return summary
+    final = os.path.join(args.out, FINAL)
+    done = os.path.exists(final) and not args.overwrite
+    if group is not None:
+        done = group.broadcast(done)
+    if done:
+        print(f"{final} holds the final score already")
+        return summary
+    argv = [args.out, "--estimator", "importance", "--num-samples", str(args.eval_samples),
+            "--num-data", str(args.eval_data), "--split", "test", "--out", final,
+            "--seed", str(args.seed if args.seed is not None else 0)]
+    for flag, value in (("--data-dir", args.data_dir), ("--device", args.device)):
+        if value is not None:
+            argv += [flag, value]
+    if args.overwrite:
+        argv.append("--overwrite")
+    if args.no_progress:
+        argv.append("--no-progress")
+    evaluate_script.evaluate(evaluate_script.make_parser().parse_args(argv), group)
+    return summary
+
+
+def make_parser():
+    parser = train_script.make_parser()
+    parser.description = ("Train and score a model by a published protocol (Burda et al. 2016): "
+                          "the preset fills every training flag not given.")
+    parser.add_argument("preset", choices=sorted(PRESETS),
+                        help="the protocol; -short: the schedule over 400 epochs")
+    group = parser.add_argument_group("learning curve and final score")
+    group.add_argument("--curve-epochs", type=comma_list(int), default=None,
+                       help="epochs after which to score the model for the learning curve "
+                       "(default: 1,2,5,10,20,50,... and the last)")
+    group.add_argument("--curve-samples", type=int, default=1000,
+                       help="K of the learning-curve scores")
+    group.add_argument("--curve-data", type=int, default=1000,
+                       help="test images of the learning-curve scores (the first ones)")
+    group.add_argument("--eval-samples", type=int, default=5000,
+                       help="K of the final importance-sampling score")
+    group.add_argument("--eval-data", type=int, default=10000,
+                       help="test images of the final score (the first ones; all 10,000 by "
+                       "default)")
+    return parser
+
+
+main = entry_point(_main, make_parser)
+
+
+if __name__ == "__main__":
+    main()

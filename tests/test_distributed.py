@@ -1,0 +1,269 @@
+"""Several processes (torch.distributed, gloo on the CPU): training with DistributedDataParallel
+and sharded evaluation that gives the per-point numbers of one process."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.distributed
+import torch.multiprocessing
+
+from conftest import ROOT, load_script, run_main, small_config
+from evaluation.estimators import ESTIMATORS
+from inference.build import build
+from inference.checkpoint import load_checkpoint
+from inference.distributed import ProcessGroup
+from inference.log_weights import chunk_seeds
+from inference.training import TrainingStep, forget_stale_params
+
+TINY_TRAINING = ["--dataset", "mnist-subset", "--z-dim", "2", "--hidden-dims", "16",
+                 "--batch-size", "250", "--no-progress", "--device", "cpu"]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(nproc, script, *args, timeout=240, env=None):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", os.path.join(ROOT, "scripts", script),
+               *map(str, args)]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=environment)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    run_main("train", *TINY_TRAINING, "--num-epochs", "1", "--out", out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts
+
+@pytest.mark.parametrize("num_items, step, size", [(37, 5, 2), (10, 1, 3), (3, 5, 4), (0, 2, 2),
+                                                   (100, 7, 3)])
+def test_shares_are_whole_blocks_that_tile_the_items_in_order(num_items, step, size):
+    parts = [ProcessGroup(rank, size, 0, torch.device("cpu")).share(num_items, step)
+             for rank in range(size)]
+    assert [i for part in parts for i in range(num_items)[part]] == list(range(num_items))
+    for part in parts:
+        assert part.start % step == 0 or part.start == num_items
+    lengths = [part.stop - part.start for part in parts]
+    assert max(lengths) - min(lengths) <= step
+
+
+def test_minibatch_shares_split_each_global_minibatch():
+    config = small_config(synthetic_num_train=23)
+    from inference.data import load_dataset
+    split = load_dataset(config, "cpu").train
+    order = [torch.Generator().manual_seed(5) for _ in range(3)]
+    parts = [list(split.batches(10, shuffle=True, generator=order[rank], share=(rank, 3)))
+             for rank in range(3)]
+    whole = list(split.batches(10, shuffle=True, generator=torch.Generator().manual_seed(5)))
+    for index, batch in enumerate(whole):
+        pieces = [parts[rank][index] for rank in range(3)]
+        assert sum(fraction for _, fraction in pieces) == pytest.approx(1.0)
+        joined = torch.cat([x for x, fraction in pieces if fraction > 0])
+        assert torch.equal(joined, batch)
+    # The last minibatch holds 3 points: one each.
+    assert [parts[rank][-1][1] for rank in range(3)] == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize("name, options", [("importance", {}), ("elbo", {}), ("prior", {}),
+                                           ("mixture", {}),
+                                           ("ais", {"ais_steps": 3, "ais_leapfrog": 2})])
+def test_a_points_numbers_do_not_depend_on_the_part_of_the_data_that_holds_it(name, options):
+    """Scoring the data in parts, each at its offset, gives the numbers of scoring it whole."""
+    config = small_config(x_dim=12, z_dim=2)
+    model, guide = build(config)
+    x = torch.bernoulli(torch.full((11, 12), 0.4))
+    function = ESTIMATORS.get(name)
+    budget = 3 * 4   # chunks of 3 points of K = 4 samples
+
+    def scored(start, stop):
+        with torch.no_grad(), pyro.validation_enabled(False), chunk_seeds(1234, start):
+            return function(model, guide, x[start:stop], 4, max_batch_elements=budget,
+                            **options)
+
+    whole = scored(0, 11)
+    parts = [scored(0, 6), scored(6, 9), scored(9, 11)]
+    for field in ("estimate", "stderr"):
+        joined = torch.cat([getattr(part, field) for part in parts])
+        assert torch.equal(joined, getattr(whole, field)), field
+    # And another seed gives other numbers.
+    with torch.no_grad(), chunk_seeds(99, 0):
+        other = function(model, guide, x, 4, max_batch_elements=budget, **options)
+    assert not torch.equal(other.estimate, whole.estimate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: the gradient of two processes is the gradient of one
+
+def point_distribution(guide, x):
+    """q(z | x) = delta(z_loc(x)): no noise, so that one and two processes see the same
+    numbers."""
+    z_loc, _ = guide.encode(x)
+    return dist.Delta(z_loc).to_event(1)
+
+
+def _gradients(x, num_data, rank=None, size=None, jit=False, objective="elbo", prior="standard"):
+    """The gradients of one training step on ``x`` (this process's share of it in a group)."""
+    pyro.clear_param_store()
+    forget_stale_params()
+    torch.manual_seed(0)
+    config = small_config(x_dim=x.shape[1], z_dim=3, jit=jit, objective=objective, prior=prior,
+                          objective_options={"num_particles": 2} if objective == "iwae" else None,
+                          prior_options={"num_components": 4} if prior == "mog" else None)
+    model, guide = build(config)
+    guide.distribution = types.MethodType(point_distribution, guide)
+    group = None if rank is None else ProcessGroup(rank, size, 0, torch.device("cpu"))
+    step = TrainingStep(model, guide, config.training, log=lambda *_: None, group=group)
+    if group is None:
+        step(x, num_data)
+    else:
+        first, last = rank * len(x) // size, (rank + 1) * len(x) // size
+        step(x[first:last], num_data, 1.0, (last - first) / len(x))
+    return [p.grad.clone() for p in list(model.parameters()) + list(guide.parameters())]
+
+
+SETTINGS = ({"jit": False}, {"jit": True}, {"objective": "iwae", "prior": "mog"})
+
+
+def _worker(rank, size, port, x, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        results[rank] = [_gradients(x, 1000, rank, size, **settings) for settings in SETTINGS]
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_gradient_of_one():
+    """For the plain and the JIT-compiled loss, and for the IWAE bound with a mixture prior."""
+    torch.manual_seed(3)
+    x = torch.bernoulli(torch.full((9, 20), 0.3))   # 9 points: shares of 4 and 5
+    context = torch.multiprocessing.get_context("spawn")
+    port = free_port()
+    with context.Manager() as manager:
+        results = manager.dict()
+        processes = [context.Process(target=_worker, args=(rank, 2, port, x, results))
+                     for rank in range(2)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(120)
+        assert all(process.exitcode == 0 for process in processes)
+        gradients = dict(results)
+    for index, settings in enumerate(SETTINGS):
+        expected = _gradients(x, 1000, **settings)
+        for rank in range(2):
+            for got, want in zip(gradients[rank][index], expected):
+                assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), settings
+        # Not the gradient of one share alone.
+        alone = _gradients(x[:4], 1000, **settings)
+        assert not all(torch.allclose(a, b, rtol=1e-3) for a, b in zip(alone, expected))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scripts under torchrun
+
+@pytest.mark.slow
+def test_a_two_process_run_writes_one_run_folder_and_resumes_in_one(tmp_path):
+    out = tmp_path / "run"
+    finished = torchrun(2, "train.py", *TINY_TRAINING, "--num-epochs", "2", "--out", out)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "in 2 processes" in finished.stdout
+    assert sorted(os.listdir(out)) == [".lock", "best.pt", "checkpoint.pt", "config.json",
+                                       "elbo.png", "metrics.csv", "summary.json"]
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["epoch"] == 2 and len(checkpoint["metrics"]) == 2
+    summary = run_main("train", *TINY_TRAINING, "--num-epochs", "3", "--out", out, "--resume")
+    assert summary["epochs"] == 3
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_equals_one_process_exactly(tmp_path, tiny_run):
+    flags = ["--estimator", "importance,elbo,prior,ais", "--num-samples", "6",
+             "--ais-chains", "3", "--ais-steps", "4", "--num-data", "23",
+             "--max-batch-elements", "24", "--no-progress", "--device", "cpu"]
+    # One thread per process in both (the thread count changes the last bits of a sum).
+    for processes in (1, 2, 3):
+        finished = torchrun(processes, "evaluate.py", tiny_run, *flags, "--out",
+                            tmp_path / f"{processes}.json")
+        assert finished.returncode == 0, finished.stderr[-3000:]
+    one = (tmp_path / "1.csv").read_bytes()
+    assert one == (tmp_path / "2.csv").read_bytes() == (tmp_path / "3.csv").read_bytes()
+    assert one.count(b"\n") == 1 + 4 * 23
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_run_with_a_clear_message(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", os.path.join(ROOT, "scripts", "train.py"), *TINY_TRAINING,
+               "--num-epochs", "500", "--out", str(out)]
+    runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint.pt").exists():
+            assert time.time() < deadline and runner.poll() is None, "training did not start"
+            time.sleep(0.2)
+        victim = next(pid for pid in _children(runner.pid) if _rank(pid) == "1")
+        os.kill(victim, signal.SIGKILL)
+        output, _ = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode != 0
+    assert "FAILED" in output and "SIGKILL" in output, output[-3000:]
+    # The folder still holds a consistent run to resume.
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= 1
+
+
+def _children(pid):
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def _rank(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            variables = dict(item.split(b"=", 1) for item in handle.read().split(b"\0")
+                             if b"=" in item)
+    except OSError:
+        return None
+    return variables.get(b"RANK", b"").decode() or None
+
+
+def test_the_local_guide_is_refused_under_several_processes(tiny_run, capsys, monkeypatch):
+    evaluate = load_script("evaluate")
+    args = evaluate.make_parser().parse_args([str(tiny_run), "--guide", "local"])
+    fake = ProcessGroup(0, 2, 0, torch.device("cpu"))
+    with pytest.raises(ValueError, match="--guide local fits a guide to the points in one "
+                                         "process; run it without torchrun"):
+        evaluate.evaluate(args, fake)
