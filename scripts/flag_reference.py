@@ -15,7 +15,7 @@ from models.base.io import atomic_write_text, refuse_to_overwrite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = ("train", "evaluate", "compare", "explore", "tutorial", "make_mnist_subset",
-           "benchmark_mixture", "flag_reference", "benchmark", "reproduce")
+           "benchmark_mixture", "flag_reference", "benchmark", "reproduce", "reproduce_report")
 DEFAULT_OUT = os.path.join("docs", "flags.md")
 
 

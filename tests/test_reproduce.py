@@ -160,3 +160,30 @@ def test_reproduce_refuses_what_it_cannot_do(tmp_path, capsys):
                    tmp_path / "b")
     assert "--curve-samples must be" in line
     assert "give the run folder with --out" in refused(capsys, "reproduce", "burda-vae", *TINY)
+
+
+def test_the_report_puts_runs_beside_the_published_numbers(tmp_path, capsys):
+    runs = {}
+    for preset in ("burda-vae-short", "burda-iwae5-short"):
+        runs[preset] = tmp_path / preset
+        run_main("reproduce", preset, *TINY, "--num-epochs", "2", "--out", runs[preset])
+    table, figure = tmp_path / "table.md", tmp_path / "curves.png"
+    rows, paired = run_main("reproduce_report", *runs.values(), "--labels", "vae,iwae5",
+                            "--out", table, "--figure", figure)
+    text = table.read_text()
+    assert "-86.76" in text and "-85.54" in text and "IWAE, k = 5" in text
+    assert [row["epochs"] for row in rows] == ["2 of 2", "2 of 2"]
+    assert figure.stat().st_size > 10000
+    # The paired difference is the mean of the per-image differences of the two CSVs.
+    scores = [{int(row["index"]): float(row["estimate"])
+               for row in read_rows(path / "test-importance.csv")} for path in runs.values()]
+    differences = torch.tensor([scores[1][i] - scores[0][i] for i in scores[0]],
+                               dtype=torch.float64)
+    (pair,) = paired
+    assert pair["difference"] == pytest.approx(differences.mean().item(), rel=1e-12)
+    assert pair["paired_stderr"] == pytest.approx(
+        (differences.std() / len(differences) ** 0.5).item(), rel=1e-9)
+    assert pair["num_data"] == 60
+    line = refused(capsys, "reproduce_report", tmp_path, "--out", tmp_path / "other.md")
+    assert "has no config.json; is it a finished reproduce.py run?" in line
+    assert "exists" in refused(capsys, "reproduce_report", *runs.values(), "--out", table)

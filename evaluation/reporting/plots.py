@@ -130,3 +130,37 @@ def paired_differences(paired, path):
     axes.legend(fontsize=8)
     figure.tight_layout()
     save(figure, path)
+
+
+def learning_curves(curves, path, references=(), title=None):
+    """log p(x) against the training epoch (log scale) for several runs, with +-2 standard
+    errors over the images, and horizontal published values.
+
+    :param curves: dicts with ``label``, ``epochs``, ``log_px`` and ``stderr`` (lists).
+    :param references: dicts with ``label`` and ``value`` (nats), drawn as dotted lines in the
+        colour of the curve of the same index.
+    """
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for index, curve in enumerate(curves):
+        colour = palette.CATEGORICAL[index % len(palette.CATEGORICAL)]
+        epochs, values = np.asarray(curve["epochs"]), np.asarray(curve["log_px"])
+        spread = 2 * np.asarray(curve["stderr"])
+        axes.plot(epochs, values, "o-", color=colour, label=curve["label"])
+        axes.fill_between(epochs, values - spread, values + spread, color=colour, alpha=0.2)
+    for index, reference in enumerate(references):
+        colour = palette.CATEGORICAL[index % len(palette.CATEGORICAL)]
+        axes.axhline(reference["value"], color=colour, linestyle=":", linewidth=1.2,
+                     label=reference["label"])
+    axes.set_xscale("log")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("log p(x), nats per test image")
+    finals = [curve["log_px"][-1] for curve in curves if curve["log_px"]]
+    if finals:
+        low = min(finals + [reference["value"] for reference in references]) - 4
+        axes.set_ylim(low, max(finals + [reference["value"] for reference in references]) + 2)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.set_title(title or "Learning curves", fontsize=11)
+    figure.tight_layout()
+    save(figure, path)
