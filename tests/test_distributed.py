@@ -1,6 +1,7 @@
 """Several processes (torch.distributed, gloo on the CPU): training with DistributedDataParallel
 and sharded evaluation that gives the per-point numbers of one process."""
 
+import csv
 import os
 import signal
 import socket
@@ -209,6 +210,24 @@ def test_sharded_evaluation_equals_one_process_exactly(tmp_path, tiny_run):
     one = (tmp_path / "1.csv").read_bytes()
     assert one == (tmp_path / "2.csv").read_bytes() == (tmp_path / "3.csv").read_bytes()
     assert one.count(b"\n") == 1 + 4 * 23
+    # compare.py too: its table (all but the seconds) and its paired differences.
+    flags = ["--estimator", "importance,elbo", "--num-samples", "3,6", "--num-data", "23",
+             "--max-batch-elements", "24", "--no-progress", "--device", "cpu"]
+    for processes in (1, 2):
+        finished = torchrun(processes, "compare.py", tiny_run, tiny_run, *flags, "--out",
+                            tmp_path / f"compare{processes}")
+        assert finished.returncode == 0, finished.stderr[-3000:]
+    tables = [[{key: value for key, value in row.items() if key != "seconds"}
+               for row in read_csv_rows(tmp_path / f"compare{processes}" / "comparison.csv")]
+              for processes in (1, 2)]
+    assert tables[0] == tables[1] and len(tables[0]) == 8
+    assert (tmp_path / "compare1" / "paired.csv").read_bytes() == \
+        (tmp_path / "compare2" / "paired.csv").read_bytes()
+
+
+def read_csv_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.mark.slow
