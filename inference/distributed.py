@@ -19,6 +19,7 @@ with one line (:class:`ProcessGroupFailed`); ``torchrun`` stops the rest when on
 """
 
 import datetime
+import gc
 import math
 import os
 
@@ -141,5 +142,11 @@ def from_environment(device_name="auto"):
 
 
 def shutdown(group):
-    if group is not None and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the group (each process when it is done; the others may still be working)."""
+    if group is None or not dist.is_initialized():
+        return
+    # A DistributedDataParallel wrapper left in a reference cycle still holds the gloo group;
+    # were it freed only while the interpreter shuts down, gloo's worker threads would abort the
+    # process (SIGABRT, "terminate called without an active exception"). Free it now.
+    gc.collect()
+    dist.destroy_process_group()
