@@ -4,7 +4,8 @@ published numbers.
 It reads only the small files of each run folder (``config.json``, ``metrics.csv``,
 ``curve.csv``, ``test-importance.json`` and ``.csv``), so it works on a copy without the
 checkpoints, and runs no model. The first run is the baseline of the paired differences, which
-are means of per-image differences on the same test images, with their standard errors::
+are means of per-image differences on the same test images, with their standard errors. A run
+stopped before its last epoch shows its learning curve, with no final score::
 
     python scripts/reproduce_report.py runs/burda/vae runs/burda/iwae5 runs/burda/iaf \\
         --out results/burda.md --figure docs/figures/learning_curves.png
@@ -66,12 +67,19 @@ def read_run(path, label):
         config = json.load(handle)
     metrics = read_csv(need("metrics.csv"))
     curve = read_csv(need("curve.csv"))
-    with open(need("test-importance.json")) as handle:
-        final = json.load(handle)
-    (score,) = [item for item in final["estimators"] if item["estimator"] == "importance"]
-    per_point = {int(row["index"]): float(row["estimate"])
-                 for row in read_csv(need("test-importance.csv"))
-                 if row["estimator"] == "importance"}
+    # A run stopped before its last epoch (by a time budget, say) has its curve but no final
+    # score: it is shown with the score left blank and takes no part in the paired differences.
+    nan = math.nan
+    score = {"log_px_mean": nan, "log_px_data_stderr": nan, "log_px_stderr": nan,
+             "num_data": "", "num_samples": ""}
+    per_point = {}
+    if os.path.exists(os.path.join(path, "test-importance.json")):
+        with open(need("test-importance.json")) as handle:
+            final = json.load(handle)
+        (score,) = [item for item in final["estimators"] if item["estimator"] == "importance"]
+        per_point = {int(row["index"]): float(row["estimate"])
+                     for row in read_csv(need("test-importance.csv"))
+                     if row["estimator"] == "importance"}
     model, training = config["model"], config["training"]
     objective = training["objective"]
     particles = objective.get("options", {}).get("num_particles", 1)
@@ -114,7 +122,10 @@ def _main(args):
         raise ConfigError(f"--labels names {len(labels)} runs but {len(args.runs)} were given")
     refuse_to_overwrite([path for path in (args.out, args.figure) if path], args.overwrite)
     runs = [read_run(path, label) for path, label in zip(args.runs, labels)]
-    paired_rows = [paired(run, runs[0]) for run in runs[1:]]
+    if not runs[0]["per_point"] and len(runs) > 1:
+        raise ConfigError(f"the baseline {args.runs[0]} has no final score "
+                          "(test-importance.csv); put a finished run first")
+    paired_rows = [paired(run, runs[0]) for run in runs[1:] if run["per_point"]]
     text = render(runs, COLUMNS, "markdown")
     if paired_rows:
         text += "\n\n" + render(paired_rows, PAIRED_COLUMNS, "markdown")

@@ -3,6 +3,8 @@ on the whole training file, and scripts/reproduce.py (preset, learning curve, fi
 
 import csv
 import json
+import math
+import shutil
 
 import pytest
 import torch
@@ -184,6 +186,16 @@ def test_the_report_puts_runs_beside_the_published_numbers(tmp_path, capsys):
     assert pair["paired_stderr"] == pytest.approx(
         (differences.std() / len(differences) ** 0.5).item(), rel=1e-9)
     assert pair["num_data"] == 60
+    # A run stopped before its final score shows its curve, a blank score and no pair.
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    for name in ("config.json", "metrics.csv", "curve.csv"):
+        shutil.copy(runs["burda-iwae5-short"] / name, stopped / name)
+    rows, paired = run_main("reproduce_report", runs["burda-vae-short"], stopped)
+    assert math.isnan(rows[1]["log_px"]) and len(rows[1]["curve"]["epochs"]) == 2
+    assert paired == []
+    line = refused(capsys, "reproduce_report", stopped, runs["burda-vae-short"])
+    assert "has no final score" in line and "put a finished run first" in line
     line = refused(capsys, "reproduce_report", tmp_path, "--out", tmp_path / "other.md")
     assert "has no config.json; is it a finished reproduce.py run?" in line
     assert "exists" in refused(capsys, "reproduce_report", *runs.values(), "--out", table)
