@@ -132,22 +132,24 @@ def paired_differences(paired, path):
     save(figure, path)
 
 
-def learning_curves(curves, path, references=(), title=None):
-    """log p(x) against the training epoch (log scale) for several runs, with +-2 standard
-    errors over the images, and horizontal published values.
+def learning_curves(curves, path, references=(), title=None, window=16.0):
+    """log p(x) against the training epoch (log scale) for several runs, with error bars of
+    +-2 standard errors over the images, and horizontal published values.
 
     :param curves: dicts with ``label``, ``epochs``, ``log_px`` and ``stderr`` (lists).
     :param references: dicts with ``label`` and ``value`` (nats), drawn as dotted lines in the
         colour of the curve of the same index.
+    :param window: nats shown below the lowest final value (the first epochs, far below, are
+        cut off so that the differences at the end stay visible).
     """
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(7, 5.5))
     for index, curve in enumerate(curves):
         colour = palette.CATEGORICAL[index % len(palette.CATEGORICAL)]
         epochs, values = np.asarray(curve["epochs"]), np.asarray(curve["log_px"])
-        spread = 2 * np.asarray(curve["stderr"])
-        axes.plot(epochs, values, "o-", color=colour, label=curve["label"])
-        axes.fill_between(epochs, values - spread, values + spread, color=colour, alpha=0.2)
+        axes.errorbar(epochs, values, yerr=2 * np.asarray(curve["stderr"]), fmt="o-",
+                      color=colour, label=curve["label"], capsize=2, elinewidth=0.8,
+                      markersize=4)
     for index, reference in enumerate(references):
         colour = palette.CATEGORICAL[index % len(palette.CATEGORICAL)]
         axes.axhline(reference["value"], color=colour, linestyle=":", linewidth=1.2,
@@ -157,10 +159,11 @@ def learning_curves(curves, path, references=(), title=None):
     axes.set_ylabel("log p(x), nats per test image")
     finals = [curve["log_px"][-1] for curve in curves if curve["log_px"]]
     if finals:
-        low = min(finals + [reference["value"] for reference in references]) - 4
-        axes.set_ylim(low, max(finals + [reference["value"] for reference in references]) + 2)
+        tops = finals + [reference["value"] for reference in references]
+        axes.set_ylim(min(finals) - window, max(tops) + 1.5)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+                frameon=False)
     axes.set_title(title or "Learning curves", fontsize=11)
     figure.tight_layout()
     save(figure, path)
