@@ -143,7 +143,7 @@ def learning_curves(curves, path, references=(), title=None, window=16.0):
         cut off so that the differences at the end stay visible).
     """
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=(7, 5.5))
+    figure, axes = plt.subplots(figsize=(7, 6))
     for index, curve in enumerate(curves):
         colour = palette.CATEGORICAL[index % len(palette.CATEGORICAL)]
         epochs, values = np.asarray(curve["epochs"]), np.asarray(curve["log_px"])
@@ -162,7 +162,7 @@ def learning_curves(curves, path, references=(), title=None, window=16.0):
         tops = finals + [reference["value"] for reference in references]
         axes.set_ylim(min(finals) - window, max(tops) + 1.5)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2,
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1,
                 frameon=False)
     axes.set_title(title or "Learning curves", fontsize=11)
     figure.tight_layout()
