@@ -1,6 +1,7 @@
 """Several processes (torch.distributed, gloo on the CPU): training with DistributedDataParallel
 and sharded evaluation that gives the per-point numbers of one process."""
 
+import contextlib
 import csv
 import os
 import signal
@@ -202,8 +203,11 @@ def test_sharded_evaluation_equals_one_process_exactly(tmp_path, tiny_run):
     flags = ["--estimator", "importance,elbo,prior,ais", "--num-samples", "6",
              "--ais-chains", "3", "--ais-steps", "4", "--num-data", "23",
              "--max-batch-elements", "24", "--no-progress", "--device", "cpu"]
-    # One thread per process in both (the thread count changes the last bits of a sum).
-    for processes in (1, 2, 3):
+    # One thread per process in all (the thread count changes the last bits of a sum); the
+    # single process runs here, in this test's process.
+    with one_thread():
+        run_main("evaluate", tiny_run, *flags, "--out", tmp_path / "1.json")
+    for processes in (2, 3):
         finished = torchrun(processes, "evaluate.py", tiny_run, *flags, "--out",
                             tmp_path / f"{processes}.json")
         assert finished.returncode == 0, finished.stderr[-3000:]
@@ -213,16 +217,27 @@ def test_sharded_evaluation_equals_one_process_exactly(tmp_path, tiny_run):
     # compare.py too: its table (all but the seconds) and its paired differences.
     flags = ["--estimator", "importance,elbo", "--num-samples", "3,6", "--num-data", "23",
              "--max-batch-elements", "24", "--no-progress", "--device", "cpu"]
-    for processes in (1, 2):
-        finished = torchrun(processes, "compare.py", tiny_run, tiny_run, *flags, "--out",
-                            tmp_path / f"compare{processes}")
-        assert finished.returncode == 0, finished.stderr[-3000:]
+    with one_thread():
+        run_main("compare", tiny_run, tiny_run, *flags, "--out", tmp_path / "compare1")
+    finished = torchrun(2, "compare.py", tiny_run, tiny_run, *flags, "--out",
+                        tmp_path / "compare2")
+    assert finished.returncode == 0, finished.stderr[-3000:]
     tables = [[{key: value for key, value in row.items() if key != "seconds"}
                for row in read_csv_rows(tmp_path / f"compare{processes}" / "comparison.csv")]
               for processes in (1, 2)]
     assert tables[0] == tables[1] and len(tables[0]) == 8
     assert (tmp_path / "compare1" / "paired.csv").read_bytes() == \
         (tmp_path / "compare2" / "paired.csv").read_bytes()
+
+
+@contextlib.contextmanager
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def read_csv_rows(path):
