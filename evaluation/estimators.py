@@ -323,12 +323,15 @@ def _share(group, name, model, x, num_samples, budget):
     return group.share(x.shape[0], step)
 
 
+#: the per-data-point tensors of an Estimate
+_PER_POINT = ("estimate", "stderr", "ess", "khat", "max_weight")
+
+
 def _gathered(group, result):
     """The whole Estimate from the parts of the processes, in data order."""
     parts = [part for part in group.gather(_on_cpu(result)) if part is not None]
     first = parts[0]
-    per_point = ("estimate", "stderr", "ess", "khat", "max_weight")
-    joined = {name: torch.cat([getattr(part, name) for part in parts]) for name in per_point}
+    joined = {name: torch.cat([getattr(part, name) for part in parts]) for name in _PER_POINT}
     info = {}
     for key, value in first.info.items():
         if torch.is_tensor(value) and value.dim() == 1:
@@ -341,8 +344,7 @@ def _gathered(group, result):
 def _on_cpu(result):
     if result is None:
         return None
-    moved = {name: getattr(result, name).cpu()
-             for name in ("estimate", "stderr", "ess", "khat", "max_weight")}
+    moved = {name: getattr(result, name).cpu() for name in _PER_POINT}
     info = {key: value.cpu() if torch.is_tensor(value) else value
             for key, value in result.info.items()}
     return Estimate(result.estimator, num_samples=result.num_samples, info=info, **moved)

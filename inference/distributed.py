@@ -97,10 +97,6 @@ class ProcessGroup:
         self._guard("adding up results", dist.all_reduce, tensor)
         return tensor
 
-    def barrier(self):
-        # A barrier through a collective on a tensor: also waits on gloo and NCCL alike.
-        self.sum(torch.zeros(1, device=self.device))
-
     def share(self, num_items, step):
         """This process's part of ``num_items`` items cut into blocks of ``step`` (the last
         one shorter): contiguous runs of whole blocks, as equal as can be, in rank order."""

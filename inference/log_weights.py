@@ -17,7 +17,6 @@ objectives such as the IWAE bound differentiate through these weights.
 """
 
 import contextlib
-import hashlib
 import math
 import os
 import warnings
@@ -29,6 +28,8 @@ from pyro.poutine.util import is_validation_enabled
 from tqdm.auto import tqdm
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
+
+from models.base.config import derived_seed
 
 DATA_PLATE = "data"
 PARTICLE_PLATE = "particles"
@@ -224,8 +225,7 @@ def seed_chunk(data_start, particle_start=0):
     if not _CHUNK_SEEDING:
         return
     seed, offset, device = _CHUNK_SEEDING[-1]
-    text = f"{seed}:{offset + int(data_start)}:{int(particle_start)}".encode()
-    chunk_seed = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+    chunk_seed = derived_seed(seed, offset + int(data_start), int(particle_start))
     # The generators the chunk draws from, as torch.manual_seed would seed them; that one also
     # queues the seeding of every other accelerator type with a stack trace each time (~2 ms).
     torch.default_generator.manual_seed(chunk_seed)

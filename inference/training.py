@@ -23,7 +23,6 @@ run cleanly at the end of the last epoch that fits, to be continued with ``--res
 """
 
 import csv
-import hashlib
 import io
 import math
 import os
@@ -37,6 +36,7 @@ from inference.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng
 from inference.log_weights import log_importance_weights, strict_tracing
 from inference.objectives import ScaleLatents, kl_weight, make_objective, warmed
 from inference.run_folder import repair
+from models.base.config import derived_seed
 from models.base.io import atomic_copy, atomic_write_json, atomic_write_text
 from models.vae import check_batch
 
@@ -301,8 +301,7 @@ def write_metrics(out_dir, metrics):
 def epoch_seed(seed, epoch, rank=None):
     """The seed of an epoch of a run of several processes: the order of the data (``rank``
     None) is the same in all, the noise of each process its own."""
-    text = f"{seed}:{epoch}:{'order' if rank is None else rank}".encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+    return derived_seed(seed, epoch, "order" if rank is None else rank)
 
 
 def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=True, log=print,

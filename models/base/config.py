@@ -20,6 +20,7 @@ what ``config.json`` and every checkpoint hold.
 
 import dataclasses
 import difflib
+import hashlib
 import math
 import types
 import typing
@@ -344,6 +345,14 @@ def check_seed(seed):
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
         raise ConfigError(f"seed (--seed) must lie in 0..{2 ** 32 - 1}, got {seed}")
     return seed
+
+
+def derived_seed(*parts):
+    """A 63-bit seed derived from ``parts`` (a run's seed and the place of what it seeds: an
+    epoch, a process, a chunk of data): the same parts give the same seed on every machine, and
+    different parts independent-looking ones."""
+    text = ":".join(str(part) for part in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
 # ---------------------------------------------------------------------------------------------
