@@ -16,7 +16,9 @@ section 5 and Table 1 (MNIST, one stochastic layer):
 
 A ``-short`` preset (``burda-vae-short``, ...) is the same protocol with the schedule laid over
 400 epochs in proportion (the stages keep their 1 : 3 : 9 ... lengths; those shorter than an
-epoch fall away), the budget of one to two hours on two CPU cores. Any training flag given
+epoch fall away), the budget of one to two hours on two CPU cores. A ``-batch100`` preset takes
+batch 100 and lays the schedule over 2,000 epochs: as many updates as ``-short``, each on five
+times the images, in about 1.6 hours on one CPU thread. Any training flag given
 explicitly (``--num-epochs``, ``--prior vamp``, ``--guide iaf``, ...) overrides the preset, so
 the same protocol scores other priors and guides.
 
@@ -61,13 +63,18 @@ BURDA = {"dataset": "mnist", "binarize": "dynamic", "num_validation": 0,
          "batch_size": 20, "learning_rate": 1e-3, "learning_rate_schedule": "burda",
          "adam_eps": 1e-4, "num_epochs": 3280}
 SHORT_EPOCHS = 400
+#: the ``-batch100`` variant: batch 100 (five times the images per step, about 2.8 times the
+#: images per second on one CPU thread) and the schedule laid over 2,000 epochs
+BATCH100 = {"batch_size": 100, "num_epochs": 2000}
 PRESETS = {
     "burda-vae": dict(BURDA, objective="elbo", num_particles=1),
     "burda-iwae5": dict(BURDA, objective="iwae", num_particles=5),
     "burda-iwae50": dict(BURDA, objective="iwae", num_particles=50),
 }
+BASE_PRESETS = list(PRESETS.items())
 PRESETS.update({f"{name}-short": dict(flags, num_epochs=SHORT_EPOCHS)
-                for name, flags in list(PRESETS.items())})
+                for name, flags in BASE_PRESETS})
+PRESETS.update({f"{name}-batch100": dict(flags, **BATCH100) for name, flags in BASE_PRESETS})
 #: the published test log-likelihoods (nats; K = 5000 on the 10,000 test images), Table 1
 PUBLISHED = {"burda-vae": -86.76, "burda-iwae5": -85.54, "burda-iwae50": -84.78}
 
@@ -202,7 +209,8 @@ def make_parser():
     parser.description = ("Train and score a model by a published protocol (Burda et al. 2016): "
                           "the preset fills every training flag not given.")
     parser.add_argument("preset", choices=sorted(PRESETS),
-                        help="the protocol; -short: the schedule over 400 epochs")
+                        help="the protocol; -short: the schedule over 400 epochs; -batch100: "
+                             "batch 100, the schedule over 2,000 epochs")
     group = parser.add_argument_group("learning curve and final score")
     group.add_argument("--curve-epochs", type=comma_list(int), default=None,
                        help="epochs after which to score the model for the learning curve "

@@ -155,6 +155,22 @@ def test_reproduce_split_by_a_time_budget_and_a_lost_curve_row_are_repaired(tmp_
     assert reproduce.default_curve_epochs(400) == [1, 2, 5, 10, 20, 50, 100, 200, 400]
 
 
+def test_the_batch100_variant_changes_only_the_batch_and_the_length_of_the_schedule():
+    reproduce = load_script("reproduce")
+
+    def preset(name):
+        args = reproduce.make_parser().parse_args([name, "--out", "run"])
+        reproduce.apply_preset(args)
+        return vars(args)
+
+    for objective in ("vae", "iwae5", "iwae50"):
+        batch100, short = preset(f"burda-{objective}-batch100"), preset(f"burda-{objective}-short")
+        assert {key for key in batch100 if batch100[key] != short[key]} == {
+            "preset", "batch_size", "num_epochs"}
+        assert (batch100["batch_size"], batch100["num_epochs"]) == (100, 2000)
+        assert (short["batch_size"], short["num_epochs"]) == (20, 400)
+
+
 def test_reproduce_refuses_what_it_cannot_do(tmp_path, capsys):
     assert "invalid choice: 'burda'" in refused(capsys, "reproduce", "burda", *TINY, "--out",
                                                 tmp_path / "a")
