@@ -69,6 +69,36 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         return log_density.reshape(value.shape[:-1]).expand(shape)
 
 
+class StandardNormal(dist.Normal):
+    """``dist.Normal(0, 1)`` (broadcast to any batch shape) whose density takes two passes over
+    z instead of six: log N(z | 0, 1) = -z^2 / 2 - log sqrt(2 pi). Normal's own formula,
+    -(z - m)^2 / (2 s^2) - log s - log sqrt(2 pi), would write out m = 0 and s = 1 at the size of
+    z (K x N x z_dim during evaluation) and subtract them; with m = 0 and s = 1 each of its
+    steps is exact in floating point, so the numbers are bit for bit Normal's. Sampling draws
+    the same standard normal numbers as Normal, without adding 0 and multiplying by 1."""
+
+    def __init__(self, loc, scale, validate_args=None):
+        super().__init__(loc, scale, validate_args=validate_args)
+        # Checked with the distributions' validation only: reading the check waits for the device.
+        if self._validate_args and not torch.jit.is_tracing() and (
+                bool((self.loc != 0).any()) or bool((self.scale != 1).any())):
+            raise ValueError("StandardNormal takes loc 0 and scale 1; use dist.Normal otherwise")
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(StandardNormal, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        return torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        log_density = -(value ** 2) / 2 - math.log(math.sqrt(2 * math.pi))
+        return log_density.expand(torch.broadcast_shapes(value.shape, self.batch_shape))
+
+
 class Prior(nn.Module):
     """Base class: subclasses implement ``forward() -> Distribution`` with event shape (z_dim,).
 
@@ -113,7 +143,7 @@ class StandardNormalPrior(Prior):
         self.register_buffer("scale", torch.ones(self.z_dim))
 
     def forward(self):
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        return StandardNormal(self.loc, self.scale).to_event(1)
 
 
 _SOFTPLUS_OF_ONE = math.log(math.e - 1.0)

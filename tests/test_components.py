@@ -30,7 +30,8 @@ from models.base.config import TrainingConfig
 from models.likelihoods import (ContinuousBernoulliLikelihood, LearnedGaussianLikelihood)
 from models.linear_gaussian import log_marginal, posterior
 from models.networks import ConvDecoder, ConvEncoder
-from models.priors import DiagonalNormalMixture, FlowPrior, MixtureOfGaussiansPrior, VampPrior
+from models.priors import (DiagonalNormalMixture, FlowPrior, MixtureOfGaussiansPrior,
+                           StandardNormal, VampPrior)
 from test_estimators import linear_gaussian
 
 PRIORS = ("standard", "mog", "vamp", "flow")
@@ -96,6 +97,22 @@ def test_diagonal_mixture_expands_like_a_pyro_distribution_and_keeps_gradients()
     assert torch.allclose(locs.grad.double(), reference.grad.double(), atol=1e-4)
     with pytest.raises(ValueError, match=r"logits \(K,\), locs and scales \(K, D\)"):
         DiagonalNormalMixture(torch.zeros(3), torch.zeros(4, 2), torch.ones(4, 2))
+
+
+def test_the_standard_normal_is_torchs_normal_bit_for_bit_and_broadcasts_like_it():
+    z = 3 * torch.randn(7, 4, 5, 3)
+    z[0, 0, 0, 0] = -0.0
+    ours = StandardNormal(torch.zeros(3), torch.ones(3)).to_event(1).expand([4, 5])
+    torchs = dist.Normal(torch.zeros(3), torch.ones(3)).to_event(1).expand([4, 5])
+    assert isinstance(ours.base_dist, StandardNormal) and ours.batch_shape == (4, 5)
+    assert torch.equal(ours.log_prob(z), torchs.log_prob(z))
+    assert ours.log_prob(z[0, 0, 0]).shape == (4, 5)      # one z broadcast over the batch
+    torch.manual_seed(3)
+    drawn = ours.rsample([7])
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torchs.rsample([7])) and drawn.shape == (7, 4, 5, 3)
+    with pytest.raises(ValueError, match="takes loc 0 and scale 1"):
+        StandardNormal(torch.zeros(3), 2 * torch.ones(3), validate_args=True)
 
 
 def test_mog_components_start_as_unit_gaussians():
