@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 
 import pyro
@@ -13,7 +14,7 @@ from inference.build import build
 from inference.checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, restore,
                                   save_checkpoint)
 from inference.data import load_dataset
-from inference.training import fit, mean_elbo, write_metrics
+from inference.training import TrainingStep, fit, mean_elbo, write_metrics
 from models.base.config import ConfigError
 from models.base.device import resolve_device
 
@@ -112,6 +113,39 @@ def test_same_seed_gives_the_same_run_on_cpu(tmp_path):
     _, _, _, third = train(small_config(num_epochs=1, seed=1), tmp_path / "c")
     assert first["test_elbo"] == second["test_elbo"]
     assert first["test_elbo"] != third["test_elbo"]
+
+
+def test_subnormal_running_averages_are_set_to_zero_and_nothing_else():
+    config = small_config()
+    model, guide = build(config)
+    dataset = load_dataset(config, torch.device("cpu"))
+    step = TrainingStep(model, guide, config.training, log=lambda *_: None)
+    step(dataset.train.data(torch.arange(100)), len(dataset.train))
+    # Two subnormals, then normal numbers (2e-38 is just above the smallest, 1.18e-38) and 0.
+    planted = torch.tensor([1e-39, -1e-40, 2e-38, -2e-38, 0.0, 0.5])
+    states = list(step.optimizer.state.values())
+    for state in states:
+        head = state["exp_avg"].view(-1)[:6]
+        head.copy_(planted[:len(head)])
+    before = [{name: value.clone() for name, value in state.items()} for state in states]
+    step.flush_subnormals()
+    expected = torch.tensor([0.0, 0.0, 2e-38, -2e-38, 0.0, 0.5])
+    for old, state in zip(before, states):
+        average = state["exp_avg"].view(-1)
+        assert torch.equal(average[:6], expected[:len(average[:6])])
+        assert torch.equal(average[6:], old["exp_avg"].view(-1)[6:])
+        assert torch.equal(state["exp_avg_sq"], old["exp_avg_sq"])
+        assert torch.equal(state["step"], old["step"])
+
+
+def test_training_flushes_the_optimizer_every_flush_every_steps(tmp_path, monkeypatch):
+    config = small_config(num_epochs=2)
+    calls = []
+    monkeypatch.setattr("inference.training.FLUSH_EVERY", 3)
+    monkeypatch.setattr(TrainingStep, "flush_subnormals", lambda self: calls.append(1))
+    train(config, tmp_path)
+    num_batches = math.ceil(len(load_dataset(config, torch.device("cpu")).train) / 100)
+    assert num_batches >= 3 and len(calls) == 2 * (num_batches // 3)
 
 
 def test_jit_trace_elbo_trains(tmp_path):
