@@ -70,11 +70,12 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
 
 
 class StandardNormal(dist.Normal):
-    """``dist.Normal(0, 1)`` (broadcast to any batch shape) whose density takes two passes over
-    z instead of six: log N(z | 0, 1) = -z^2 / 2 - log sqrt(2 pi). Normal's own formula,
-    -(z - m)^2 / (2 s^2) - log s - log sqrt(2 pi), would write out m = 0 and s = 1 at the size of
-    z (K x N x z_dim during evaluation) and subtract them; with m = 0 and s = 1 each of its
-    steps is exact in floating point, so the numbers are bit for bit Normal's. Sampling draws
+    """``dist.Normal(0, 1)`` (broadcast to any batch shape) whose density takes four passes
+    over z instead of nine: log N(z | 0, 1) = -z^2 / 2 - log sqrt(2 pi). Normal's own formula,
+    -(z - m)^2 / (2 s^2) - log s - log sqrt(2 pi), on a distribution broadcast to z's shape
+    (K x N x z_dim during evaluation) also computes s^2, 2 s^2 and log s at that size and
+    subtracts m and log s; with m = 0 and s = 1 each of those steps is exact in floating point,
+    so the numbers are bit for bit Normal's. Sampling draws
     the same standard normal numbers as Normal, without adding 0 and multiplying by 1."""
 
     def __init__(self, loc, scale, validate_args=None):
