@@ -21,6 +21,7 @@ from torch import nn
 
 from models.base.config import ConfigError
 from models.base.registry import Registry
+from models.distributions import LeanNormal
 from models.networks import MLP
 from models.vae import check_batch, data_plate
 
@@ -102,7 +103,7 @@ class DiagonalGaussianGuide(AmortizedGuide):
 
     def distribution(self, x):
         z_loc, z_scale = self.encode(x)
-        return dist.Normal(z_loc, z_scale).to_event(1)
+        return LeanNormal(z_loc, z_scale).to_event(1)
 
     def encoder_distribution(self, x):
         return self.distribution(x)
@@ -183,11 +184,11 @@ class IAFGuide(AmortizedGuide):
 
     def encoder_distribution(self, x):
         z_loc, z_scale, _ = self.encode(x)
-        return dist.Normal(z_loc, z_scale).to_event(1)
+        return LeanNormal(z_loc, z_scale).to_event(1)
 
     def distribution(self, x):
         z_loc, z_scale, context = self.encode(x)
-        base = dist.Normal(z_loc, z_scale).to_event(1)
+        base = LeanNormal(z_loc, z_scale).to_event(1)
         return dist.TransformedDistribution(base, [flow.condition(context) for flow in self.flows])
 
 
@@ -253,7 +254,7 @@ class LocalGuide(Guide):
         z_loc = self.z_loc[rows]
         if self.family == "diagonal":
             z_scale = F.softplus(self.z_raw_scale[rows]) + MIN_SCALE
-            return dist.Normal(z_loc, z_scale).to_event(1)
+            return LeanNormal(z_loc, z_scale).to_event(1)
         scale_tril = self.z_scale_tril[rows].tril(-1)
         diagonal = self.z_scale_tril[rows].diagonal(dim1=-2, dim2=-1).abs() + MIN_SCALE
         return dist.MultivariateNormal(z_loc, scale_tril=scale_tril + torch.diag_embed(diagonal))

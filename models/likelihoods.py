@@ -13,6 +13,7 @@ from torch.distributions.utils import broadcast_all
 import pyro.distributions as dist
 
 from models.base.registry import Registry
+from models.distributions import LeanNormal
 
 
 class Likelihood(nn.Module):
@@ -85,7 +86,7 @@ class GaussianLikelihood(Likelihood):
         self.register_buffer("sigma", torch.tensor(float(sigma)))
 
     def forward(self, loc):
-        return dist.Normal(loc, self.sigma).to_event(1)
+        return LeanNormal(loc, self.sigma).to_event(1)
 
     def mean(self, loc):
         return loc
@@ -115,7 +116,7 @@ class LearnedGaussianLikelihood(Likelihood):
 
     def forward(self, decoder_output):
         loc, scale = self.split(decoder_output)
-        return dist.Normal(loc, scale).to_event(1)
+        return LeanNormal(loc, scale).to_event(1)
 
     def mean(self, decoder_output):
         return decoder_output.chunk(2, dim=-1)[0]

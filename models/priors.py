@@ -62,7 +62,10 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         scaled_locs = locs * precisions
         squared_distances = ((z * z) @ precisions.T - 2 * z @ scaled_locs.T
                              + (locs * scaled_locs).sum(-1)).clamp_min(0.0)
-        log_normalizers = -scales.log().sum(-1) - 0.5 * z_dim * math.log(2 * math.pi)
+        # 0.5 z_dim in float64: under the JIT's tracer z_dim is a tensor, which a Python float
+        # would multiply in float32.
+        log_normalizers = -scales.log().sum(-1) - scales.new_tensor(0.5) * z_dim \
+            * math.log(2 * math.pi)
         log_components = -0.5 * squared_distances + log_normalizers + logits.log_softmax(-1)
         log_density = torch.logsumexp(log_components, -1).to(value.dtype)
         shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
@@ -70,7 +73,7 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
 
 
 class StandardNormal(dist.Normal):
-    """``dist.Normal(0, 1)`` (broadcast to any batch shape) whose density takes four passes
+    """``dist.Normal(0, 1)`` (broadcast to any batch shape) whose density takes three passes
     over z instead of nine: log N(z | 0, 1) = -z^2 / 2 - log sqrt(2 pi). Normal's own formula,
     -(z - m)^2 / (2 s^2) - log s - log sqrt(2 pi), on a distribution broadcast to z's shape
     (K x N x z_dim during evaluation) also computes s^2, 2 s^2 and log s at that size and
@@ -96,7 +99,8 @@ class StandardNormal(dist.Normal):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        log_density = -(value ** 2) / 2 - math.log(math.sqrt(2 * math.pi))
+        # (z * z) * -0.5 rounds as -(z ** 2) / 2 does: halving is exact.
+        log_density = (value * value) * -0.5 - math.log(math.sqrt(2 * math.pi))
         return log_density.expand(torch.broadcast_shapes(value.shape, self.batch_shape))
 
 

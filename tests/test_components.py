@@ -27,6 +27,7 @@ from inference.objectives import IWAELoss, ScaleLatents, kl_weight, make_objecti
 from inference.training import fit
 from models import ConfigError
 from models.base.config import TrainingConfig
+from models.distributions import LeanNormal
 from models.likelihoods import (ContinuousBernoulliLikelihood, LearnedGaussianLikelihood)
 from models.linear_gaussian import log_marginal, posterior
 from models.networks import ConvDecoder, ConvEncoder
@@ -113,6 +114,29 @@ def test_the_standard_normal_is_torchs_normal_bit_for_bit_and_broadcasts_like_it
     assert torch.equal(drawn, torchs.rsample([7])) and drawn.shape == (7, 4, 5, 3)
     with pytest.raises(ValueError, match="takes loc 0 and scale 1"):
         StandardNormal(torch.zeros(3), 2 * torch.ones(3), validate_args=True)
+
+
+@pytest.mark.parametrize("loc_shape, scale_shape", [((5, 3), (5, 3)), ((5, 3), ()), ((), (5, 3))])
+def test_the_lean_normal_is_torchs_normal_bit_for_bit(loc_shape, scale_shape):
+    torch.manual_seed(0)
+    loc = 2 * torch.randn(loc_shape)
+    scale = torch.rand(scale_shape) * 3 + 1e-4
+    z = 40 * torch.randn(7, 5, 3)
+    z[0, 0, 0] = -0.0
+    for batch in ([5], [7, 5], [2, 7, 5]):     # as given, and expanded to particles, twice
+        ours = LeanNormal(loc, scale).to_event(1).expand(batch)
+        torchs = dist.Normal(loc, scale).to_event(1).expand(batch)
+        assert isinstance(ours.base_dist, LeanNormal) and ours.batch_shape == tuple(batch)
+        assert torch.equal(ours.log_prob(z), torchs.log_prob(z)), batch
+        torch.manual_seed(3)
+        drawn = ours.rsample([4])
+        torch.manual_seed(3)
+        assert torch.equal(drawn, torchs.rsample([4])) and drawn.shape == (4, *batch, 3)
+    expanded = LeanNormal(loc, scale).expand([7, 5, 3])
+    assert torch.equal(expanded.log_prob(z[0, 0, 0]), dist.Normal(loc, scale).expand(
+        [7, 5, 3]).log_prob(z[0, 0, 0]))                  # one z broadcast over the batch
+    with pytest.raises(ValueError, match="scale"):
+        LeanNormal(loc, -scale, validate_args=True)
 
 
 def test_mog_components_start_as_unit_gaussians():
