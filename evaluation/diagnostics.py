@@ -184,17 +184,20 @@ class WeightSummary:
     """Accumulates what the diagnostics need from (K, N) log weights given chunk by chunk: per
     data point the largest log weight m, the mean and the sum of squared deviations of
     w exp(-m) (merged with the pairwise formula of Chan et al. 1979, rescaled as m grows), the
-    same moments of log w (for the ELBO), and the M + 1 largest log weights (for Pareto k-hat).
+    same moments of log w (for the ELBO, with ``log_moments``), and the M + 1 largest log
+    weights (for Pareto k-hat).
 
     The state takes O(N M) memory, M ~ 3 sqrt(K), whatever K is; a K so large that even that
     does not fit in ``TAIL_BYTES`` is refused before any work is done.
 
     :param int num_data: N.
     :param int num_samples: K, the number of weights each data point will receive in all.
+    :param bool log_moments: also keep the moments of log w (only the ELBO needs them).
     """
 
-    def __init__(self, num_data, num_samples, device="cpu"):
+    def __init__(self, num_data, num_samples, device="cpu", log_moments=True):
         self.num_data, self.num_samples = int(num_data), int(num_samples)
+        self.log_moments = bool(log_moments)
         self.tail = psis_tail_size(self.num_samples) + 1
         if self.num_samples < MIN_KHAT_SAMPLES:
             self.tail = 0
@@ -238,11 +241,12 @@ class WeightSummary:
         self.weight_mean[data], self.weight_squares[data] = _merge(
             count, old_mean, old_squares, k, chunk_mean, chunk_squares)
         self.top_log_weight[data] = new_top
-        chunk_log_mean = log_weights.mean(0)
-        chunk_log_squares = ((log_weights - chunk_log_mean) ** 2).sum(0)
-        self.log_mean[data], self.log_squares[data] = _merge(
-            count, self.log_mean[data], self.log_squares[data], k, chunk_log_mean,
-            chunk_log_squares)
+        if self.log_moments:
+            chunk_log_mean = log_weights.mean(0)
+            chunk_log_squares = ((log_weights - chunk_log_mean) ** 2).sum(0)
+            self.log_mean[data], self.log_squares[data] = _merge(
+                count, self.log_mean[data], self.log_squares[data], k, chunk_log_mean,
+                chunk_log_squares)
         self.count[data] = total
         if self.tail:
             merged = torch.cat([self.top[:, data], log_weights])
@@ -250,8 +254,9 @@ class WeightSummary:
 
     def result(self):
         """The per-data-point diagnostics, a dict of (N,) float64 tensors on the CPU: those of
-        :func:`summarize_weights`, plus ``log_weight_mean`` and ``log_weight_stderr`` (the mean
-        of the log weights, the ELBO for guide weights, and its standard error)."""
+        :func:`summarize_weights`, plus, with ``log_moments``, ``log_weight_mean`` and
+        ``log_weight_stderr`` (the mean of the log weights, the ELBO for guide weights, and its
+        standard error)."""
         nan_seen, inf_seen = self.bad.tolist()
         if nan_seen:
             raise ValueError("log weights contain NaN; check the model, guide and data")
@@ -273,9 +278,9 @@ class WeightSummary:
             "ess": ess,
             "ess_fraction": ess / count,
             "max_weight": 1 / (count * mean),
-            "log_weight_mean": self.log_mean,
-            "log_weight_stderr": log_stderr,
         }
+        if self.log_moments:
+            result.update(log_weight_mean=self.log_mean, log_weight_stderr=log_stderr)
         result = {key: value.cpu() for key, value in result.items()}
         result["khat"] = khat
         return result
@@ -296,11 +301,10 @@ def summarize_weights(log_weights):
     ``estimate`` (log p-hat), ``stderr``, ``ess``, ``ess_fraction`` (ESS / K), ``khat`` and
     ``max_weight``; the same numbers a :class:`WeightSummary` gives for the weights in chunks."""
     log_weights = _check(log_weights)
-    summary = WeightSummary(log_weights.shape[1], log_weights.shape[0], log_weights.device)
+    summary = WeightSummary(log_weights.shape[1], log_weights.shape[0], log_weights.device,
+                            log_moments=False)
     summary.update(slice(None), log_weights)
     result = summary.result()
-    for key in ("log_weight_mean", "log_weight_stderr"):
-        result.pop(key)
     return result
 
 

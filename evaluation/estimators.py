@@ -109,10 +109,10 @@ def _from_summary(name, diagnostics, num_samples, info=None):
                     info=info or {})
 
 
-def _streamed(model, guide, x, num_samples, progress=False, **options):
+def _streamed(model, guide, x, num_samples, progress=False, log_moments=False, **options):
     """The diagnostics of K weights per point, reduced chunk by chunk as they are computed, so
     that no K x N array is ever held (see :class:`evaluation.diagnostics.WeightSummary`)."""
-    summary = WeightSummary(x.shape[0], num_samples, x.device)
+    summary = WeightSummary(x.shape[0], num_samples, x.device, log_moments=log_moments)
     for data, _, log_weights in log_weight_chunks(model, guide, x, num_samples,
                                                   progress=progress, **options):
         summary.update(data, log_weights)
@@ -121,7 +121,7 @@ def _streamed(model, guide, x, num_samples, progress=False, **options):
 
 def elbo(model, guide, x, num_samples, *, max_batch_elements=None, progress=False):
     """The ELBO, E_q[log p(x, z) - log q(z | x)], averaged over K draws: a lower bound."""
-    diagnostics = _streamed(model, guide, x, num_samples, progress,
+    diagnostics = _streamed(model, guide, x, num_samples, progress, log_moments=True,
                             max_batch_elements=max_batch_elements)
     result = _from_summary("elbo", diagnostics, num_samples)
     # k-hat judges a log-mean-exp of weights; the ELBO is a plain mean of log weights, whose

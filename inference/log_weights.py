@@ -16,6 +16,7 @@ Nothing here disables gradients: callers that only evaluate wrap calls in ``torc
 objectives such as the IWAE bound differentiate through these weights.
 """
 
+import collections
 import contextlib
 import math
 import os
@@ -166,7 +167,8 @@ def _check_data(x):
 
 
 def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
-                      proposal="guide", mixture_weight=0.5, progress=False, nesting=None):
+                      proposal="guide", mixture_weight=0.5, progress=False, nesting=None,
+                      jit=None):
     """Yield ``(data_slice, particle_slice, log_weights)`` chunk by chunk: the log importance
     weights of the particles ``particle_slice`` for the data points ``data_slice``, a tensor of
     shape (particles, points), with at most ``max_batch_elements`` pairs per chunk. Together the
@@ -175,7 +177,12 @@ def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
 
     The arguments are those of :func:`log_importance_weights`; ``progress`` shows a progress
     bar when there is more than one chunk; ``nesting`` is :func:`plate_nesting`, when the
-    caller knows it already.
+    caller knows it already. ``jit``: True computes the chunks through graphs traced by the JIT
+    (an error where the model or guide cannot be traced), False never does, and None (the
+    default) does when gradients and Pyro's validation are off (as in the estimators) and there
+    are more than two chunks, falling back to
+    the plain computation with a :class:`JitFallbackWarning` where it cannot. Both give the same
+    numbers.
     """
     num_samples = check_num_samples(num_samples)
     _check_data(x)
@@ -187,13 +194,135 @@ def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
         max_batch_elements = default_max_batch_elements(x[0].numel(), x.device)
     scorer = _Scorer(model, guide, x, nesting)
     tiles = list(chunks(x.shape[0], num_samples, max_batch_elements))
+    if jit is None and _JIT_DEFAULTS:
+        jit = _JIT_DEFAULTS[-1]
+    insist = jit is True
+    if jit is None:
+        # Traced where the weights need no gradients and Pyro's checks (which read values) are
+        # off, as in the estimators; a shape that comes once or twice is not worth a trace.
+        jit = (not torch.is_grad_enabled() and not is_validation_enabled()
+               and x.device.type != "meta" and len(tiles) > 2)
+    traced = _TracedChunks(scorer, proposal, mixture_weight, insist) if jit else None
     bar = tqdm(tiles, desc="log weights", unit="chunk", leave=False, dynamic_ncols=True,
                disable=not progress or len(tiles) < 2)
+    shapes = collections.Counter(_tile_shape(tile) for tile in tiles)
     for data_slice, particle_slice in bar:
         k = particle_slice.stop - particle_slice.start
         seed_chunk(data_slice.start, particle_slice.start)
-        yield data_slice, particle_slice, _chunk_log_weights(scorer, x[data_slice], k, proposal,
-                                                             mixture_weight)
+        x_chunk = x[data_slice]
+        if traced is not None and shapes[_tile_shape((data_slice, particle_slice))] > 1:
+            log_weights = traced(x_chunk, k)
+        else:
+            log_weights = _chunk_log_weights(scorer, x_chunk, k, proposal, mixture_weight)
+        yield data_slice, particle_slice, log_weights
+
+
+def _tile_shape(tile):
+    data_slice, particle_slice = tile
+    return data_slice.stop - data_slice.start, particle_slice.stop - particle_slice.start
+
+
+class JitFallbackWarning(UserWarning):
+    """The JIT could not trace a model and guide; their log weights were computed without it."""
+
+
+class _TracedChunks:
+    """The log weights of a chunk, :func:`_chunk_log_weights`, through a graph traced by the JIT
+    (one per chunk shape), which runs the model and the guide without Pyro's Python machinery
+    (effect handlers, traces, site bookkeeping): the same operations on the same random stream,
+    so the same numbers. As in :func:`pyro.ops.jit.trace`, the parameters are the graph's inputs,
+    found by a run on one point. The first chunk of a shape gets the values of its tracing run.
+    A model or a guide that cannot be traced is run plainly from then on, with a
+    :class:`JitFallbackWarning` (an error with ``insist``)."""
+
+    def __init__(self, scorer, proposal, mixture_weight, insist=False):
+        self.scorer, self.proposal, self.mixture_weight = scorer, proposal, mixture_weight
+        self.insist = insist
+        self.graphs = {}
+        self.param_names, self.inputs = None, ()
+        self.failed = False
+
+    def plain(self, x, num_particles):
+        return _chunk_log_weights(self.scorer, x, num_particles, self.proposal,
+                                  self.mixture_weight)
+
+    def __call__(self, x, num_particles):
+        if self.failed:
+            return self.plain(x, num_particles)
+        key = (tuple(x.shape), num_particles, x.dtype, x.device)
+        # A trace that fails has drawn random numbers: the plain run draws them again.
+        generator = _generator(x.device)
+        state = generator.get_state() if key not in self.graphs else None
+        try:
+            # The profiling executor would run the first calls of a graph slowly to optimize
+            # it, which gains nothing for these operations on the CPU.
+            with torch.jit.optimized_execution(False):
+                if key not in self.graphs:
+                    return self.trace(key, x, num_particles)
+                return self.graphs[key](x, *self.inputs)
+        except Exception as error:
+            if key in self.graphs:
+                raise
+            if self.insist:
+                raise ValueError(f"the JIT could not trace this model and guide "
+                                 f"({_first_line(error)}); score them without it") from error
+            warnings.warn(f"the JIT could not trace this model and guide "
+                          f"({_first_line(error)}); scoring them without it", JitFallbackWarning)
+            self.failed = True
+            generator.set_state(state)
+            return self.plain(x, num_particles)
+
+    def trace(self, key, x, num_particles):
+        if self.param_names is None:
+            # Which parameters the model and the guide read, by a run on one point that leaves
+            # the random stream as it was.
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), poutine.block(), \
+                    poutine.trace(param_only=True) as capture:
+                self.plain(x[:1], 1)
+            self.param_names = sorted(capture.trace.nodes)
+            # The same tensors for every chunk: an estimate does not replace its parameters.
+            self.inputs = tuple(pyro.param(name).unconstrained() for name in self.param_names)
+        first = []
+
+        def chunk(x, *unconstrained):
+            # The tensors of the parameters are the graph's inputs: Pyro hands them out.
+            params = {name: pyro.param(name) for name in self.param_names}
+            log_weights = poutine.replay(self.plain, params=params)(x, num_particles)
+            first.append(log_weights)
+            return log_weights
+
+        with strict_tracing():
+            graph = torch.jit.trace(chunk, (x,) + self.inputs, check_trace=False)
+        self.graphs[key] = graph
+        return first[0]
+
+
+def _generator(device):
+    """Torch's default generator of ``device``, which the sample sites draw from."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index]
+    return torch.default_generator
+
+
+def _first_line(error):
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+# The jit of log_weight_chunks calls that give none, while chunk_jit is active.
+_JIT_DEFAULTS = []
+
+
+@contextlib.contextmanager
+def chunk_jit(jit):
+    """Within this block, :func:`log_weight_chunks` called without ``jit`` (as the estimators
+    call it) takes this one: True, False or None (the default's rule)."""
+    _JIT_DEFAULTS.append(jit)
+    try:
+        yield
+    finally:
+        _JIT_DEFAULTS.pop()
 
 
 # (seed, offset) while chunk_seeds is active: see chunk_seeds and seed_chunk.
@@ -230,8 +359,7 @@ def seed_chunk(data_start, particle_start=0):
     # queues the seeding of every other accelerator type with a stack trace each time (~2 ms).
     torch.default_generator.manual_seed(chunk_seed)
     if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        torch.cuda.default_generators[index].manual_seed(chunk_seed)
+        _generator(device).manual_seed(chunk_seed)
 
 
 class UntraceableError(RuntimeError):

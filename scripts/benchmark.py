@@ -7,7 +7,8 @@ computation, measured side by side in one process.
   (Adam with the same settings), on the same parameters. Blocks of steps alternate between the
   two, after a warm-up; the device is synchronized before every clock read.
 - **Evaluation**: the ``importance`` estimator against a hand-written batched torch estimate of
-  the same model (log-mean-exp of K log weights per point, in chunks of the same size).
+  the same model (log-mean-exp of K log weights per point, in chunks of the same size); with
+  ``--variants jit,plain``, also with its chunks computed without the JIT.
 - **Host-device synchronizations**: operations that make the host wait for the device (reading
   a value, data-dependent shapes), counted per training step and per evaluation chunk. On a CPU
   nothing waits, but the same operations would on a GPU, so they are counted here too.
@@ -36,7 +37,8 @@ from evaluation.reporting.tables import Column, fixed, render
 from inference.build import build, resolve
 from inference.data import load_dataset
 from evaluation.diagnostics import WeightSummary
-from inference.log_weights import chunks, default_max_batch_elements, log_weight_chunks
+from inference.log_weights import (chunk_jit, chunks, default_max_batch_elements,
+                                   log_weight_chunks)
 from inference.training import TrainingStep, adam
 from models.base.cli import comma_list, entry_point
 from models.base.config import ConfigError, RunConfig
@@ -141,7 +143,9 @@ class SyncCounter(TorchDispatchMode):
     """Counts the operations that would make the host wait for a GPU while it is active: reads
     of floating-point or boolean values (``.item()``, ``bool()``), and results whose shape
     depends on the values. Reads of integer scalars are left out: the JIT's graphs turn tensor
-    shapes into such scalars, which live on the host on every device."""
+    shapes into such scalars, which live on the host on every device. So are reads made while
+    the JIT traces: they are of the tracer's own shape tensors, on the host (a read of a
+    model's values there stops the trace, see ``inference.log_weights.strict_tracing``)."""
 
     def __init__(self):
         super().__init__()
@@ -149,8 +153,10 @@ class SyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
-        if name in DATA_DEPENDENT or (name in READS and args and torch.is_tensor(args[0]) and (
-                args[0].is_floating_point() or args[0].dtype == torch.bool)):
+        tracing = torch._C._get_tracing_state() is not None
+        if not tracing and (name in DATA_DEPENDENT or (
+                name in READS and args and torch.is_tensor(args[0]) and (
+                    args[0].is_floating_point() or args[0].dtype == torch.bool))):
             self.count += 1
         return func(*args, **(kwargs or {}))
 
@@ -329,8 +335,10 @@ def epoch_benchmark(args, device, dataset, batch_size):
     return {"batch_size": batch_size, "images": num_data, "seconds": time.perf_counter() - start}
 
 
-def evaluation_benchmark(args, device, dataset, num_samples):
-    """The importance estimator against the hand-written batched estimate at K."""
+def evaluation_benchmark(args, device, dataset, num_samples, variant="jit"):
+    """The importance estimator against the hand-written batched estimate at K; its chunks
+    traced by the JIT (as the estimators compute them) or, for the ``plain`` variant, not."""
+    jit = None if variant == "jit" else False
     config = resolve(RunConfig.from_dict({
         "model": {"x_dim": dataset.x_dim, "z_dim": args.z_dim,
                   "architecture": {"name": "mlp", "options": {"hidden_dims": args.hidden_dims}}}}))
@@ -345,8 +353,9 @@ def evaluation_benchmark(args, device, dataset, num_samples):
     results = {}
 
     def ours():
-        results["project"] = estimate("importance", model, guide, x, num_samples,
-                                      max_batch_elements=budget).estimate
+        with chunk_jit(jit):
+            results["project"] = estimate("importance", model, guide, x, num_samples,
+                                          max_batch_elements=budget).estimate
 
     def theirs():
         results["hand-written"] = hand_importance(hand, x, num_samples, budget)
@@ -364,7 +373,8 @@ def evaluation_benchmark(args, device, dataset, num_samples):
     counted = 0
     with torch.no_grad(), pyro.validation_enabled(False):
         summary_of_weights = WeightSummary(x.shape[0], num_samples, device)
-        tiles = iter(log_weight_chunks(model, guide, x, num_samples, max_batch_elements=budget))
+        tiles = iter(log_weight_chunks(model, guide, x, num_samples, max_batch_elements=budget,
+                                       jit=jit))
         # The first chunk (and a last one of another shape) are traced; the rest are counted.
         for index in range(num_chunks):
             steady = 1 <= index < num_chunks - 1
@@ -375,12 +385,13 @@ def evaluation_benchmark(args, device, dataset, num_samples):
             if steady:
                 inside.__exit__(None, None, None)
                 counted += 1
-    with total:
+    with total, chunk_jit(jit):
         estimate("importance", model, guide, x, num_samples, max_batch_elements=budget)
     pairs = x.shape[0] * num_samples
     mine, hand_seconds = summary(seconds["project"], 1), summary(seconds["hand-written"], 1)
     difference = (results["project"].double().cpu() - results["hand-written"].double().cpu())
-    return {"num_samples": num_samples, "num_data": x.shape[0], "chunks": num_chunks,
+    return {"num_samples": num_samples, "variant": variant, "num_data": x.shape[0],
+            "chunks": num_chunks,
             "project_seconds": mine["median"], "hand_seconds": hand_seconds["median"],
             "ratio": mine["median"] / hand_seconds["median"],
             "ratio_of_blocks": statistics.median(
@@ -415,7 +426,8 @@ TRAINING_COLUMNS = (Column("batch_size", "batch", str), Column("variant", "loss"
                     Column("steps_per_second", "steps/s", fixed(1)),
                     Column("syncs_per_step", "syncs/step", fixed(1)),
                     Column("epoch_seconds_estimate", "epoch s (50,000 images)", fixed(1)))
-EVALUATION_COLUMNS = (Column("num_samples", "K", str), Column("num_data", "points", str),
+EVALUATION_COLUMNS = (Column("num_samples", "K", str), Column("variant", "chunks", str),
+                      Column("num_data", "points", str),
                       Column("project_seconds", "project s", fixed(3)),
                       Column("hand_seconds", "hand-written s", fixed(3)),
                       Column("ratio", "ratio", fixed(3)),
@@ -492,12 +504,14 @@ def _main(args):
         print(f"one epoch of {report['epoch']['images']} images: "
               f"{report['epoch']['seconds']:.1f} s", flush=True)
     for num_samples in args.num_samples:
-        row = evaluation_benchmark(args, device, dataset, num_samples)
-        report["evaluation"].append(row)
-        print(f"importance, K={num_samples}, {row['num_data']} points: "
-              f"{row['project_seconds']:.3f} s against {row['hand_seconds']:.3f} s "
-              f"hand-written (ratio {row['ratio']:.3f}), {row['syncs_per_chunk']:g} syncs per "
-              f"chunk, {row['syncs_per_estimate']} when reading out the estimate", flush=True)
+        for variant in [name for name in args.variants if name in ("jit", "plain")]:
+            row = evaluation_benchmark(args, device, dataset, num_samples, variant)
+            report["evaluation"].append(row)
+            print(f"importance, K={num_samples}, {variant}, {row['num_data']} points: "
+                  f"{row['project_seconds']:.3f} s against {row['hand_seconds']:.3f} s "
+                  f"hand-written (ratio {row['ratio']:.3f}), {row['syncs_per_chunk']:g} syncs "
+                  f"per chunk, {row['syncs_per_estimate']} when reading out the estimate",
+                  flush=True)
     print(render(report["training"], TRAINING_COLUMNS))
     print(render(report["evaluation"], EVALUATION_COLUMNS))
     if args.out:
@@ -524,7 +538,8 @@ def make_parser():
     group.add_argument("--variants", type=comma_list(str), default=["jit"],
                        help="losses of the project's step: jit (the default of train.py), "
                        "plain (--no-jit), compile (torch.compile), cuda-graph (the whole step "
-                       "in a CUDA graph)")
+                       "in a CUDA graph); jit and plain also time the estimate with its chunks "
+                       "traced by the JIT (the estimators' default) and without")
     group.add_argument("--blocks", type=int, default=7, help="interleaved blocks of training")
     group.add_argument("--steps", type=int, default=30, help="training steps per block")
     group.add_argument("--eval-blocks", type=int, default=9,

@@ -16,7 +16,8 @@ from evaluation.diagnostics import WeightSummary
 from evaluation.estimators import estimate
 from inference.build import build
 from inference.data import load_dataset
-from inference.log_weights import log_importance_weights, log_weight_chunks
+from inference import log_weights as log_weights_module
+from inference.log_weights import chunk_seeds, log_importance_weights, log_weight_chunks
 from inference.training import TrainingStep, fit, parameters
 from models.priors import Prior
 
@@ -115,18 +116,111 @@ def test_no_host_device_synchronization_inside_a_step_or_an_evaluation_chunk():
             for _ in range(3):
                 step(x, 160)
         assert counter.count == 0, jit
-    summary = WeightSummary(x.shape[0], 300)
-    counter = sync_counter()
-    with torch.no_grad(), pyro.validation_enabled(False), counter:
-        for chunk_data, _, log_weights in log_weight_chunks(model, guide, x, 300,
-                                                            max_batch_elements=1000):
-            summary.update(chunk_data, log_weights)
-    assert counter.count == 0
+    for jit in (False, True):
+        summary = WeightSummary(x.shape[0], 300)
+        counter = sync_counter()
+        with torch.no_grad(), pyro.validation_enabled(False), counter:
+            for chunk_data, _, log_weights in log_weight_chunks(
+                    model, guide, x, 300, max_batch_elements=1000, jit=jit):
+                summary.update(chunk_data, log_weights)
+        assert counter.count == 0, jit
     # The counter does see a read: it can fail.
     counter = sync_counter()
     with counter:
         torch.ones(2).sum().item()
     assert counter.count == 1
+
+
+def chunked_weights(model, guide, x, num_samples, jit, proposal="guide", seed=11):
+    """All K x N log weights from log_weight_chunks, each chunk seeded as estimate() seeds it."""
+    log_weights = torch.empty(num_samples, x.shape[0])
+    with torch.no_grad(), pyro.validation_enabled(False), chunk_seeds(seed):
+        for data_slice, particles, chunk in log_weight_chunks(
+                model, guide, x, num_samples, max_batch_elements=2 * num_samples, jit=jit,
+                proposal=proposal):
+            log_weights[particles, data_slice] = chunk
+    return log_weights
+
+
+@pytest.mark.parametrize("prior,guide_name,likelihood", [
+    ("standard", "diagonal", "bernoulli"), ("vamp", "iaf", "bernoulli"),
+    ("flow", "fullcov", "gaussian-learned"), ("mog", "diagonal", "continuous-bernoulli")])
+@pytest.mark.parametrize("proposal", ["guide", "prior", "mixture"])
+def test_traced_chunks_give_the_log_weights_of_the_plain_path(
+        prior, guide_name, likelihood, proposal):
+    model, guide = build(small_config(prior=prior, prior_options=components(prior),
+                                      guide=guide_name, likelihood=likelihood))
+    x = data(likelihood, num_data=7)        # chunks of 2 points: 3 traced, 1 of another shape
+    plain = chunked_weights(model, guide, x, 40, False, proposal)
+    traced = chunked_weights(model, guide, x, 40, True, proposal)
+    assert torch.isfinite(plain).all()
+    assert torch.equal(traced, plain)                 # the same operations, bit for bit
+    # Another seed gives other weights: the traced graph draws its own random numbers.
+    assert not torch.allclose(chunked_weights(model, guide, x, 40, True, proposal, seed=12),
+                              plain)
+
+
+def test_traced_chunks_read_the_parameters_as_they_are_now():
+    model, guide = build(small_config())
+    x = data("bernoulli", num_data=6)
+    before = chunked_weights(model, guide, x, 30, True)
+    with torch.no_grad():
+        for parameter in model.decoder.parameters():
+            parameter.mul_(0.5)
+    after = chunked_weights(model, guide, x, 30, True)
+    assert not torch.allclose(after, before)
+    assert torch.allclose(after, chunked_weights(model, guide, x, 30, False), rtol=1e-6,
+                          atol=1e-6)
+
+
+def test_the_estimators_trace_only_without_gradients(monkeypatch):
+    """By default the chunks are traced when gradients and Pyro's checks are off, as in the
+    estimators; objectives that differentiate through the weights (the IWAE bound) run the
+    plain path."""
+    model, guide = build(small_config())
+    x = data("bernoulli", num_data=6)
+    traced = []
+    original = log_weights_module._TracedChunks.__call__
+
+    def spy(self, *args):
+        traced.append(args[1])
+        return original(self, *args)
+
+    monkeypatch.setattr(log_weights_module._TracedChunks, "__call__", spy)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        list(log_weight_chunks(model, guide, x, 20, max_batch_elements=40))
+    assert traced == [20, 20, 20]
+    traced.clear()
+    with pyro.validation_enabled(False):
+        log_weights = log_importance_weights(model, guide, x, 20, max_batch_elements=40)
+    assert traced == [] and log_weights.requires_grad
+    # Nor with Pyro's checks on, which read values; and two chunks are not worth a trace.
+    with torch.no_grad():
+        list(log_weight_chunks(model, guide, x, 20, max_batch_elements=40))
+    with torch.no_grad(), pyro.validation_enabled(False):
+        list(log_weight_chunks(model, guide, x, 20, max_batch_elements=60))
+    assert traced == []
+    estimate("importance", model, guide, x, 20, max_batch_elements=40)
+    assert traced == [20, 20, 20]
+    with log_weights_module.chunk_jit(False):          # how the benchmark times the plain path
+        estimate("importance", model, guide, x, 20, max_batch_elements=40)
+    assert traced == [20, 20, 20] and not log_weights_module._JIT_DEFAULTS
+
+
+def test_a_guide_the_jit_cannot_trace_is_scored_plainly_with_a_warning():
+    from inference.guides import LocalGuide
+    from inference.log_weights import JitFallbackWarning
+
+    model, guide = build(small_config())
+    x = data("bernoulli", num_data=6)
+    local = LocalGuide(guide, x)
+    plain = chunked_weights(model, local, x, 20, False)
+    with pytest.warns(JitFallbackWarning, match=r"the JIT could not trace this model and guide "
+                      r"\(UntraceableError: guides.py:\d+: Converting a tensor"):
+        fallback = chunked_weights(model, local, x, 20, None)
+    assert torch.equal(fallback, plain)
+    with pytest.raises(ValueError, match="could not trace this model and guide"):
+        chunked_weights(model, local, x, 20, True)
 
 
 def test_data_are_still_checked_with_the_same_messages(tmp_path):
@@ -206,12 +300,13 @@ def test_benchmark_runs_quick_on_a_tiny_configuration(tmp_path, capsys):
     assert [row["variant"] for row in written["training"]] == ["jit", "plain"]
     for row in report["training"]:
         assert row["syncs_per_step"] == 0 and row["ratio"] > 0
-    (evaluation,) = report["evaluation"]
-    assert evaluation["syncs_per_chunk"] == 0 and evaluation["num_samples"] == 30
+    assert [row["variant"] for row in report["evaluation"]] == ["jit", "plain"]
+    for evaluation in report["evaluation"]:
+        assert evaluation["syncs_per_chunk"] == 0 and evaluation["num_samples"] == 30
     assert report["environment"]["threads"] == torch.get_num_threads()
     text = markdown.read_text()
     assert text.startswith("# earlier results\n")         # appended, nothing lost
-    assert "| batch | loss | project ms/step |" in text and "| K | points |" in text
+    assert "| batch | loss | project ms/step |" in text and "| K | chunks | points |" in text
     assert "ratio" in capsys.readouterr().out
 
 
