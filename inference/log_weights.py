@@ -180,9 +180,9 @@ def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
     caller knows it already. ``jit``: True computes the chunks through graphs traced by the JIT
     (an error where the model or guide cannot be traced), False never does, and None (the
     default) does when gradients and Pyro's validation are off (as in the estimators) and there
-    are more than two chunks, falling back to
-    the plain computation with a :class:`JitFallbackWarning` where it cannot. Both give the same
-    numbers.
+    are more than two chunks, falling back to the plain computation with a
+    :class:`JitFallbackWarning` where it cannot (:func:`chunk_jit` sets the default). Both give
+    the same numbers.
     """
     num_samples = check_num_samples(num_samples)
     _check_data(x)
