@@ -213,8 +213,9 @@ class WeightSummary:
         self.top_log_weight = torch.full((self.num_data,), -math.inf, **options)
         self.weight_mean = torch.zeros(self.num_data, **options)      # of w exp(-m)
         self.weight_squares = torch.zeros(self.num_data, **options)   # sum of squared deviations
-        self.log_mean = torch.zeros(self.num_data, **options)
-        self.log_squares = torch.zeros(self.num_data, **options)
+        if self.log_moments:
+            self.log_mean = torch.zeros(self.num_data, **options)
+            self.log_squares = torch.zeros(self.num_data, **options)
         self.top = torch.full((self.tail, self.num_data), -math.inf, **options)
         self.bad = torch.zeros(2, dtype=torch.bool, device=device)    # NaN seen, +inf seen
 
@@ -268,8 +269,6 @@ class WeightSummary:
         nan = torch.full_like(mean, math.nan)
         spread = (self.weight_squares / (count - 1)).sqrt() if self.num_samples > 1 else nan
         ess = count * mean ** 2 / (self.weight_squares / count + mean ** 2)
-        log_stderr = (self.log_squares / (count - 1)).sqrt() / count.sqrt() \
-            if self.num_samples > 1 else nan
         khat = pareto_khat_of_top(self.top, self.num_samples) if self.tail else \
             torch.full((self.num_data,), math.nan, dtype=torch.float64)
         result = {
@@ -280,6 +279,8 @@ class WeightSummary:
             "max_weight": 1 / (count * mean),
         }
         if self.log_moments:
+            log_stderr = (self.log_squares / (count - 1)).sqrt() / count.sqrt() \
+                if self.num_samples > 1 else nan
             result.update(log_weight_mean=self.log_mean, log_weight_stderr=log_stderr)
         result = {key: value.cpu() for key, value in result.items()}
         result["khat"] = khat

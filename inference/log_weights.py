@@ -265,9 +265,9 @@ class _TracedChunks:
                 raise
             if self.insist:
                 raise ValueError(f"the JIT could not trace this model and guide "
-                                 f"({_first_line(error)}); score them without it") from error
+                                 f"({error_summary(error)}); score them without it") from error
             warnings.warn(f"the JIT could not trace this model and guide "
-                          f"({_first_line(error)}); scoring them without it", JitFallbackWarning)
+                          f"({error_summary(error)}); scoring them without it", JitFallbackWarning)
             self.failed = True
             generator.set_state(state)
             return self.plain(x, num_particles)
@@ -306,7 +306,7 @@ def _generator(device):
     return torch.default_generator
 
 
-def _first_line(error):
+def error_summary(error):
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 

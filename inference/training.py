@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from inference.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
-from inference.log_weights import log_importance_weights, strict_tracing
+from inference.log_weights import error_summary, log_importance_weights, strict_tracing
 from inference.objectives import ScaleLatents, kl_weight, make_objective, warmed
 from inference.run_folder import repair
 from models.base.config import derived_seed
@@ -217,7 +217,7 @@ class TrainingStep:
         except Exception as error:
             if batch_size in self._traced:
                 raise
-            detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            detail = error_summary(error)
             if self.insist_on_jit:
                 raise ValueError(f"--jit could not trace this model and guide ({detail}); run "
                                  "without --jit") from error

@@ -78,8 +78,8 @@ class StandardNormal(dist.Normal):
     -(z - m)^2 / (2 s^2) - log s - log sqrt(2 pi), on a distribution broadcast to z's shape
     (K x N x z_dim during evaluation) also computes s^2, 2 s^2 and log s at that size and
     subtracts m and log s; with m = 0 and s = 1 each of those steps is exact in floating point,
-    so the numbers are bit for bit Normal's. Sampling draws
-    the same standard normal numbers as Normal, without adding 0 and multiplying by 1."""
+    so the numbers are bit for bit Normal's. Sampling draws the same standard normal numbers as
+    Normal, without adding 0 and multiplying by 1."""
 
     def __init__(self, loc, scale, validate_args=None):
         super().__init__(loc, scale, validate_args=validate_args)
