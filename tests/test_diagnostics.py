@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from evaluation.diagnostics import (effective_sample_size, fraction_flagged, log_mean_exp,
-                                    log_mean_exp_stderr, max_normalized_weight, mean_stderr,
-                                    pareto_khat, summarize_weights)
+from evaluation.diagnostics import (WeightSummary, effective_sample_size, fraction_flagged,
+                                    log_mean_exp, log_mean_exp_stderr, max_normalized_weight,
+                                    mean_stderr, pareto_khat, summarize_weights)
 
 
 def test_log_mean_exp_is_stable_over_huge_ranges_in_float32():
@@ -100,3 +100,41 @@ def test_bad_log_weights_are_rejected():
         effective_sample_size(torch.tensor([[0.0], [math.nan]]))
     with pytest.raises(ValueError, match=r"\+inf"):
         log_mean_exp(torch.tensor([[0.0], [math.inf]]))
+
+
+def test_whole_columns_are_summarized_with_the_bits_of_the_general_merge():
+    # A chunk that brings all K weights of its points takes a shortcut with nothing to merge;
+    # it must give what the general update gives when it merges them into the empty state.
+    torch.manual_seed(4)
+    log_weights = torch.randn(400, 6, dtype=torch.float64) * 3
+    log_weights[:, 1] = -math.inf                  # a point whose weights are all zero
+    log_weights[:7, 2] = -math.inf
+    log_weights[:, 3] = log_weights[0, 3]           # all weights equal
+    results = []
+    for general in (False, True):
+        summary = WeightSummary(6, 400, log_moments=True)
+        # Expecting more weights than arrive sends the chunk through the general merge.
+        summary.num_samples += general
+        summary.update(slice(0, 4), log_weights[:, :4])
+        summary.update(torch.tensor([5, 4]), log_weights[:, [5, 4]])
+        summary.num_samples -= general
+        results.append(summary.result())
+    shortcut, merged = results
+    assert set(shortcut) == set(merged)
+    for key in merged:
+        assert torch.equal(shortcut[key].nan_to_num(7.0), merged[key].nan_to_num(7.0)), key
+    assert shortcut["estimate"][1] == -math.inf
+    assert shortcut["ess"][3].item() == pytest.approx(400, rel=1e-12)
+
+
+def test_nan_and_infinite_weights_are_reported_from_either_update():
+    for first_chunk in (400, 150):
+        for bad, message in ((math.nan, "contain NaN"), (math.inf, r"\+inf")):
+            log_weights = torch.zeros(400, 3)
+            log_weights[200, 1] = bad
+            summary = WeightSummary(3, 400)
+            summary.update(slice(None), log_weights[:first_chunk])
+            if first_chunk < 400:
+                summary.update(slice(None), log_weights[first_chunk:])
+            with pytest.raises(ValueError, match=message):
+                summary.result()
