@@ -21,7 +21,7 @@ from torch import nn
 
 from models.base.config import ConfigError
 from models.base.registry import Registry
-from models.distributions import LeanNormal
+from models.distributions import LeanMultivariateNormal, LeanNormal
 from models.networks import MLP
 from models.vae import check_batch, data_plate
 
@@ -139,7 +139,7 @@ class FullCovarianceGuide(AmortizedGuide):
 
     def distribution(self, x):
         z_loc, z_scale_tril = self.encode(x)
-        return dist.MultivariateNormal(z_loc, scale_tril=z_scale_tril)
+        return LeanMultivariateNormal(z_loc, scale_tril=z_scale_tril)
 
     def encoder_distribution(self, x):
         return self.distribution(x)
@@ -257,7 +257,7 @@ class LocalGuide(Guide):
             return LeanNormal(z_loc, z_scale).to_event(1)
         scale_tril = self.z_scale_tril[rows].tril(-1)
         diagonal = self.z_scale_tril[rows].diagonal(dim1=-2, dim2=-1).abs() + MIN_SCALE
-        return dist.MultivariateNormal(z_loc, scale_tril=scale_tril + torch.diag_embed(diagonal))
+        return LeanMultivariateNormal(z_loc, scale_tril=scale_tril + torch.diag_embed(diagonal))
 
 
 def _softplus_inverse(y):

@@ -54,3 +54,16 @@ class LeanNormal(dist.Normal):
         log_density = (deviation * deviation) / (-2 * (scale * scale)) - scale.log() \
             - LOG_SQRT_TWO_PI
         return log_density.expand(torch.broadcast_shapes(value.shape, self.batch_shape))
+
+
+class LeanMultivariateNormal(dist.MultivariateNormal):
+    """``dist.MultivariateNormal``, drawing its standard normal noise with ``torch.randn``: the
+    same numbers as torch's sampler, whose workaround for the JIT's tracer (``torch.normal`` of
+    a tensor of zeros and one of ones) checks that the ones are not negative, and on a GPU waits
+    for that check at every draw of a traced training step or evaluation chunk."""
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + torch.matmul(self._unbroadcasted_scale_tril,
+                                       eps.unsqueeze(-1)).squeeze(-1)

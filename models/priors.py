@@ -62,10 +62,10 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         scaled_locs = locs * precisions
         squared_distances = ((z * z) @ precisions.T - 2 * z @ scaled_locs.T
                              + (locs * scaled_locs).sum(-1)).clamp_min(0.0)
-        # 0.5 z_dim in float64: under the JIT's tracer z_dim is a tensor, which a Python float
-        # would multiply in float32.
-        log_normalizers = -scales.log().sum(-1) - scales.new_tensor(0.5) * z_dim \
-            * math.log(2 * math.pi)
+        # log sqrt(2 pi) added per dimension rather than z_dim times: under the JIT's tracer
+        # z_dim is a tensor, which a Python float would multiply in float32, and a tensor made
+        # from a Python number would be copied to the GPU at every call, waiting for it.
+        log_normalizers = -(scales.log() + 0.5 * math.log(2 * math.pi)).sum(-1)
         log_components = -0.5 * squared_distances + log_normalizers + logits.log_softmax(-1)
         log_density = torch.logsumexp(log_components, -1).to(value.dtype)
         shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)

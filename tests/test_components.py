@@ -27,7 +27,7 @@ from inference.objectives import IWAELoss, ScaleLatents, kl_weight, make_objecti
 from inference.training import fit
 from models import ConfigError
 from models.base.config import TrainingConfig
-from models.distributions import LeanNormal
+from models.distributions import LeanMultivariateNormal, LeanNormal
 from models.likelihoods import (ContinuousBernoulliLikelihood, LearnedGaussianLikelihood)
 from models.linear_gaussian import log_marginal, posterior
 from models.networks import ConvDecoder, ConvEncoder
@@ -137,6 +137,25 @@ def test_the_lean_normal_is_torchs_normal_bit_for_bit(loc_shape, scale_shape):
         [7, 5, 3]).log_prob(z[0, 0, 0]))                  # one z broadcast over the batch
     with pytest.raises(ValueError, match="scale"):
         LeanNormal(loc, -scale, validate_args=True)
+
+
+def test_the_lean_multivariate_normal_draws_torchs_numbers_and_traces_without_a_check():
+    torch.manual_seed(0)
+    loc = torch.randn(5, 3)
+    scale_tril = torch.randn(5, 3, 3).tril(-1) + torch.diag_embed(torch.rand(5, 3) + 0.1)
+    ours = LeanMultivariateNormal(loc, scale_tril=scale_tril).expand([7, 5])
+    torchs = dist.MultivariateNormal(loc, scale_tril=scale_tril).expand([7, 5])
+    assert isinstance(ours, LeanMultivariateNormal)
+    torch.manual_seed(3)
+    drawn = ours.rsample([4])
+    torch.manual_seed(3)
+    assert torch.equal(drawn, torchs.rsample([4])) and drawn.shape == (4, 7, 5, 3)
+    assert torch.equal(ours.log_prob(drawn), torchs.log_prob(drawn))
+    # Traced, torch's sampler calls normal(zeros, ones), whose check of the ones waits for a
+    # GPU at every draw; this one draws with randn.
+    graph = torch.jit.trace(lambda m: LeanMultivariateNormal(m, scale_tril=scale_tril).rsample(),
+                            (loc,), check_trace=False).graph
+    assert "aten::normal" not in str(graph) and "aten::randn" in str(graph)
 
 
 def test_mog_components_start_as_unit_gaussians():
