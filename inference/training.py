@@ -11,7 +11,9 @@ of the model and the guide. It reads nothing back to the host: the losses are su
 device and read when the progress bar refreshes (every ``CHECK_EVERY`` steps) and at the end of
 the epoch. The data are validated once, when training starts, and Pyro's per-step validation is
 off during the steps. Where the objective allows it the loss is compiled with the JIT
-(``JitTrace_ELBO``); a model that cannot be traced trains without it, with a message.
+(``JitTrace_ELBO``); a model that cannot be traced trains without it, with a message. On CUDA
+the compiled loss and its gradients are then captured in a CUDA graph for each minibatch size
+and replayed (``--no-cuda-graph`` turns this off).
 
 Everything a run produces goes to one folder: ``config.json``, ``metrics.csv``, ``checkpoint.pt``
 (after the last finished epoch), ``best.pt`` (best validation ELBO) and ``summary.json``, all
@@ -22,6 +24,7 @@ the same seed ends (on the CPU; GPU kernels are not all deterministic). ``time_b
 run cleanly at the end of the last epoch that fits, to be continued with ``--resume``.
 """
 
+import collections
 import csv
 import io
 import math
@@ -52,6 +55,9 @@ CHECK_EVERY = 50
 #: TrainingStep.flush_subnormals): fewer than the 150 or so that beta1 = 0.9 takes to carry a
 #: running average through the subnormal range
 FLUSH_EVERY = 100
+#: steps of a minibatch size taken as they are before a CUDA graph captures them (the first
+#: traces the JIT's graph; the others let cuBLAS and the allocator settle)
+GRAPH_WARMUP_STEPS = 3
 
 
 @torch.no_grad()
@@ -168,6 +174,17 @@ class TrainingStep:
         self.jit_loss = self.objective.loss_function(jit=True) if self.jit else None
         self._traced = set()
         self.parallel, self.group = None, group
+        # CUDA graphs of the loss and its gradients, by minibatch: None where capture failed.
+        self.graphs, self._eager_steps = {}, collections.Counter()
+        self.use_graphs = training.cuda_graph is not False and group is None and self.jit
+        self.insist_on_graph = training.cuda_graph is True
+        if self.insist_on_graph:
+            device = params[0].device if params else torch.device("cpu")
+            if device.type != "cuda" or not self.jit or group is not None:
+                raise ValueError("--cuda-graph needs a CUDA device (--device cuda), the JIT and "
+                                 f"one process (here: {device.type}, "
+                                 f"{'JIT' if self.jit else 'no JIT'}, "
+                                 f"{'one process' if group is None else 'several processes'})")
         if group is not None:
             # DistributedDataParallel copies rank 0's parameters to every process now and
             # averages the gradients during each backward pass.
@@ -181,6 +198,28 @@ class TrainingStep:
         global minibatch; the loss is weighted so that the averaged gradient is that of the
         whole minibatch."""
         self.scaler.weight = kl_weight
+        if self.use_graphs and x.is_cuda and kl_weight == 1.0 and self.jit_loss is not None:
+            key = (tuple(x.shape), x.dtype, num_data)
+            graph = self.graphs.get(key)
+            if graph is not None:
+                return graph(x)
+            self._eager_steps[key] += 1
+            if self._eager_steps[key] > GRAPH_WARMUP_STEPS and key not in self.graphs:
+                self.graphs[key] = self._capture(x, num_data)
+                if self.graphs[key] is not None:
+                    return self.graphs[key](x)
+            elif key not in self.graphs:
+                # As CUDA's guide to graphs asks, the steps before a capture run on a side
+                # stream, so that autograd's lazily made streams are not the legacy one.
+                side = torch.cuda.Stream(x.device)
+                side.wait_stream(torch.cuda.current_stream(x.device))
+                with torch.cuda.stream(side):
+                    loss = self._eager(x, num_data, kl_weight, fraction)
+                torch.cuda.current_stream(x.device).wait_stream(side)
+                return loss
+        return self._eager(x, num_data, kl_weight, fraction)
+
+    def _eager(self, x, num_data, kl_weight, fraction):
         self.optimizer.zero_grad(set_to_none=True)
         with pyro.validation_enabled(False):
             if self.parallel is None:
@@ -228,6 +267,34 @@ class TrainingStep:
         self._traced.add(batch_size)
         return loss
 
+    def _capture(self, x, num_data):
+        """A :class:`_GraphStep` for minibatches like ``x``, or None (with a message) where the
+        step cannot be captured. Capturing records the kernels without running them and draws
+        no random numbers; the first replay is the step."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        static_x = x.clone()
+        graph = torch.cuda.CUDAGraph()
+        # Gradients allocated inside the capture live in the graph's memory: each replay writes
+        # them afresh.
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            with pyro.validation_enabled(False), torch.jit.optimized_execution(False), \
+                    torch.cuda.graph(graph):
+                static_loss = self.jit_loss(self.model, self.guide, static_x, num_data=num_data,
+                                            batch_size=x.shape[0])
+                static_loss.backward()
+        except Exception as error:
+            detail = error_summary(error)
+            if self.insist_on_graph:
+                raise ValueError(f"--cuda-graph could not capture this training step ({detail});"
+                                 " run without --cuda-graph") from error
+            self.log(f"a CUDA graph could not capture this training step ({detail}); training "
+                     "without it")
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        return _GraphStep(graph, static_x, static_loss.detach(), self.optimizer, params,
+                          [p.grad for p in params])
+
     def set_learning_rate(self, learning_rate):
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
@@ -264,6 +331,26 @@ class TrainingStep:
             return
         self.optimizer.load_state_dict(pyro_optimizer_state(state, self.names,
                                                             self.optimizer, path))
+
+
+class _GraphStep:
+    """A training step whose loss and gradients replay a captured CUDA graph: one launch for
+    the hundreds of kernels of the model, the guide and autograd, which on a GPU otherwise wait
+    on the host's launching of them. The minibatch is copied into the graph's input, and Adam
+    steps as usual on the graph's gradients (so the learning rate may change between steps)."""
+
+    def __init__(self, graph, static_x, static_loss, optimizer, params, grads):
+        self.graph, self.static_x, self.static_loss = graph, static_x, static_loss
+        self.optimizer, self.params, self.grads = optimizer, params, grads
+
+    def __call__(self, x):
+        self.static_x.copy_(x)
+        self.graph.replay()
+        # A step of another minibatch size may have given the parameters other gradients.
+        for param, grad in zip(self.params, self.grads):
+            param.grad = grad
+        self.optimizer.step()
+        return self.static_loss.clone()
 
 
 class _Loss(torch.nn.Module):

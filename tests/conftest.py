@@ -16,7 +16,7 @@ _DATA_KEYS = {"dataset", "data_dir", "download", "binarize", "num_validation",
               "synthetic_z_dim", "synthetic_x_dim", "synthetic_num_train", "synthetic_seed",
               "synthetic_prior"}
 _TRAINING_KEYS = {"num_epochs", "batch_size", "learning_rate", "kl_warmup_epochs", "jit",
-                  "learning_rate_schedule", "adam_eps"}
+                  "learning_rate_schedule", "adam_eps", "cuda_graph"}
 
 
 @pytest.fixture(autouse=True)

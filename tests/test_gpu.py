@@ -11,7 +11,7 @@ from evaluation.estimators import ESTIMATORS, estimate, options_for
 from inference.build import build
 from inference.checkpoint import load_checkpoint, restore
 from inference.log_weights import chunk_seeds, log_joint, log_weight_chunks
-from inference.training import TrainingStep
+from inference.training import GRAPH_WARMUP_STEPS, TrainingStep
 
 pytestmark = pytest.mark.gpu
 PRIORS = ("standard", "mog", "vamp", "flow")
@@ -80,15 +80,45 @@ def test_every_prior_and_guide_trains_on_cuda_without_waiting_for_the_device(
         prior, guide_name):
     config, model, guide = parts(prior, guide_name)
     model, guide = model.cuda(), guide.cuda()
-    step = TrainingStep(model, guide, config.training)
+    step = TrainingStep(model, guide, config.training, log=pytest.fail)
     x = torch.rand(16, 50, device="cuda").bernoulli()
-    step(x, 160)                                 # the JIT's trace may read values
+    for _ in range(GRAPH_WARMUP_STEPS):         # the JIT's trace may read values
+        step(x, 160)
     torch.cuda.set_sync_debug_mode("error")
     try:
-        losses = [step(x, 160) for _ in range(3)]
+        losses = [step(x, 160) for _ in range(3)]   # eager, then the graph's capture
+        step.use_graphs = False
+        losses += [step(x, 160) for _ in range(2)]  # and eager once more
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(loss).item() for loss in losses)
+    assert list(step.graphs.values()) != [] and None not in step.graphs.values()
+
+
+def test_the_cuda_graph_step_trains_as_the_step_without_it():
+    params = {}
+    for cuda_graph in (None, False):
+        pyro.clear_param_store()
+        config = small_config(prior="vamp", guide="iaf", prior_options={"num_components": 3},
+                              cuda_graph=cuda_graph)
+        pyro.set_rng_seed(0)                    # the same initial weights for both
+        model, guide = build(config)
+        model, guide = model.cuda(), guide.cuda()
+        step = TrainingStep(model, guide, config.training, log=pytest.fail)
+        torch.manual_seed(7)
+        full, short = torch.rand(16, 50, device="cuda").bernoulli(), \
+            torch.rand(5, 50, device="cuda").bernoulli()
+        # Full minibatches (the graph is captured at the fourth), one short one (as an epoch
+        # ends; taken without a graph), then full ones on the graph again, at a new step size.
+        losses = [step(x, 160) for x in [full] * 5 + [short] + [full] * 2]
+        step.set_learning_rate(3e-3)
+        losses += [step(full, 160) for _ in range(2)]
+        assert (len(step.graphs) == 1) == (cuda_graph is None)
+        params[cuda_graph] = ([p.detach().clone() for p in step.optimizer.param_groups[0]
+                               ["params"]], torch.stack(losses))
+    for ours, theirs in zip(params[None][0], params[False][0]):
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(params[None][1], params[False][1], rtol=1e-5, atol=1e-4)
 
 
 def test_a_run_trained_on_cuda_loads_and_evaluates_on_the_cpu(tmp_path):

@@ -104,6 +104,21 @@ def sync_counter():
     return load_script("benchmark").SyncCounter()
 
 
+def test_cuda_graphs_are_for_cuda_and_the_jit_and_say_so_when_insisted_on_elsewhere():
+    config = small_config()
+    model, guide = build(config)
+    step = TrainingStep(model, guide, config.training, log=pytest.fail)
+    x = data("bernoulli")
+    for _ in range(6):                          # past the warm-up steps, on the CPU
+        step(x, 160)
+    assert step.graphs == {}
+    for settings, what in ((dict(cuda_graph=True), "cpu, JIT"),
+                           (dict(cuda_graph=True, jit=False), "cpu, no JIT")):
+        insisted = small_config(**settings)
+        with pytest.raises(ValueError, match=rf"--cuda-graph needs a CUDA device .*here: {what}, "):
+            TrainingStep(*build(insisted), insisted.training)
+
+
 def test_no_host_device_synchronization_inside_a_step_or_an_evaluation_chunk():
     for jit in (True, False):
         config = small_config(jit=jit, prior="vamp", prior_options=components("vamp"))

@@ -56,6 +56,7 @@ CONFIG_PATHS = {
     "learning_rate_schedule": "training.learning_rate_schedule",
     "adam_eps": "training.adam_eps",
     "kl_warmup_epochs": "training.kl_warmup_epochs", "jit": "training.jit",
+    "cuda_graph": "training.cuda_graph",
     "seed": "seed", "device": "device",
 }
 #: the swappable families: registry and the dotted path of their PartSpec
@@ -176,6 +177,11 @@ TRAINING_FLAGS = {
     "jit": ("switch", "compile the loss with the JIT (JitTrace_ELBO); --no-jit never does "
                       "(default: where the objective allows it, falling back with a message "
                       "when a model cannot be traced)"),
+    "cuda_graph": ("switch", "on CUDA, replay each training step's loss and gradients as one "
+                             "CUDA graph, captured after three steps of each minibatch size "
+                             "(one launch instead of hundreds); --no-cuda-graph never does "
+                             "(default: on CUDA where the JIT compiles the loss, falling back "
+                             "with a message where a step cannot be captured)"),
 }
 CHOICES = {"dataset": DATASETS, "binarize": BINARIZATIONS, "synthetic_prior": SYNTHETIC_PRIORS,
            "learning_rate_schedule": LEARNING_RATE_SCHEDULES}
@@ -190,8 +196,8 @@ def _add_flags(group, table):
             switches = group.add_mutually_exclusive_group()
             switches.add_argument(flag(dest), dest=dest, action="store_const", const=True,
                                   default=None, help=text)
-            switches.add_argument(f"--no-{dest}", dest=dest, action="store_const", const=False,
-                                  help=f"the opposite of {flag(dest)}")
+            switches.add_argument("--no-" + flag(dest)[2:], dest=dest, action="store_const",
+                                  const=False, help=f"the opposite of {flag(dest)}")
         elif kind is bool:
             group.add_argument(flag(dest), action="store_true", default=None, help=text)
         else:

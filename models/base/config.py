@@ -284,6 +284,11 @@ class TrainingConfig(_Section):
     #: compile the loss with the JIT: None (default) where the objective allows it, True
     #: insists (an error where it cannot), False never
     jit: typing.Optional[bool] = None
+    #: on CUDA, replay the loss and its gradients as one CUDA graph per minibatch size, captured
+    #: after a few steps of that size (see inference.training.TrainingStep): None (default)
+    #: where the JIT compiles the loss, True insists (an error without CUDA or the JIT), False
+    #: never
+    cuda_graph: typing.Optional[bool] = None
 
     def validate(self):
         self._at_least("num_epochs", 1)
