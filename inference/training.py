@@ -256,16 +256,21 @@ class TrainingStep:
         except Exception as error:
             if batch_size in self._traced:
                 raise
-            detail = error_summary(error)
-            if self.insist_on_jit:
-                raise ValueError(f"--jit could not trace this model and guide ({detail}); run "
-                                 "without --jit") from error
-            self.log(f"the JIT could not trace this model and guide ({detail}); training "
-                     "without it")
+            self._do_without("the JIT", "--jit", "trace this model and guide", error,
+                             self.insist_on_jit)
             self.jit_loss = None
             return self._loss(x, num_data, kl_weight)
         self._traced.add(batch_size)
         return loss
+
+    def _do_without(self, what, flag, task, error, insist):
+        """Say that ``what`` could not ``task`` and go on without it, or, where its ``flag``
+        insisted, stop with that."""
+        detail = error_summary(error)
+        if insist:
+            raise ValueError(f"{flag} could not {task} ({detail}); run without {flag}") \
+                from error
+        self.log(f"{what} could not {task} ({detail}); training without it")
 
     def _capture(self, x, num_data):
         """A :class:`_GraphStep` for minibatches like ``x``, or None (with a message) where the
@@ -284,12 +289,8 @@ class TrainingStep:
                                             batch_size=x.shape[0])
                 static_loss.backward()
         except Exception as error:
-            detail = error_summary(error)
-            if self.insist_on_graph:
-                raise ValueError(f"--cuda-graph could not capture this training step ({detail});"
-                                 " run without --cuda-graph") from error
-            self.log(f"a CUDA graph could not capture this training step ({detail}); training "
-                     "without it")
+            self._do_without("a CUDA graph", "--cuda-graph", "capture this training step",
+                             error, self.insist_on_graph)
             self.optimizer.zero_grad(set_to_none=True)
             return None
         return _GraphStep(graph, static_x, static_loss.detach(), self.optimizer, params,
