@@ -165,8 +165,8 @@ class TrainingStep:
         forget_stale_params()
         self.objective, self.jit = make_objective(training)
         self.insist_on_jit = training.jit is True
-        self.names, params = parameters(model, guide)
-        self.optimizer = adam(params, training.learning_rate, training.adam_eps)
+        self.names, self.params = parameters(model, guide)
+        self.optimizer = adam(self.params, training.learning_rate, training.adam_eps)
         self.scaler = ScaleLatents(1.0)
         self.plain_loss = self.objective.loss_function(jit=False)
         self.warmed_model = warmed(model, self.scaler)
@@ -179,7 +179,7 @@ class TrainingStep:
         self.use_graphs = training.cuda_graph is not False and group is None and self.jit
         self.insist_on_graph = training.cuda_graph is True
         if self.insist_on_graph:
-            device = params[0].device if params else torch.device("cpu")
+            device = self.params[0].device if self.params else torch.device("cpu")
             if device.type != "cuda" or not self.jit or group is not None:
                 raise ValueError("--cuda-graph needs a CUDA device (--device cuda), the JIT and "
                                  f"one process (here: {device.type}, "
@@ -276,7 +276,6 @@ class TrainingStep:
         """A :class:`_GraphStep` for minibatches like ``x``, or None (with a message) where the
         step cannot be captured. Capturing records the kernels without running them and draws
         no random numbers; the first replay is the step."""
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         static_x = x.clone()
         graph = torch.cuda.CUDAGraph()
         # Gradients allocated inside the capture live in the graph's memory: each replay writes
@@ -293,8 +292,8 @@ class TrainingStep:
                              error, self.insist_on_graph)
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        return _GraphStep(graph, static_x, static_loss.detach(), self.optimizer, params,
-                          [p.grad for p in params])
+        return _GraphStep(graph, static_x, static_loss.detach(), self.optimizer, self.params,
+                          [p.grad for p in self.params])
 
     def set_learning_rate(self, learning_rate):
         for group in self.optimizer.param_groups:
