@@ -11,6 +11,7 @@ converted when read (:func:`models.base.config.from_flat`), so runs of either ve
 """
 
 import os
+import uuid
 
 import torch
 
@@ -43,12 +44,77 @@ def set_rng_state(state):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, *, config, model, guide, optimizer, epoch, metrics, best, rng=None):
+def new_run_id():
+    """A fresh run identity: written into every file of a run (checkpoints, ``config.json``,
+    ``metrics.csv``, ``summary.json``), so that a file of another run is told apart on resume."""
+    return uuid.uuid4().hex
+
+
+def restore_rng_state(checkpoint):
+    """Set torch's generators to the ``rng`` entry of a checkpoint, or say that it is damaged."""
+    try:
+        set_rng_state(checkpoint["rng"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise damaged(checkpoint, "rng", "the random number generator states",
+                      error) from error
+
+
+def damaged(checkpoint, entry, what, detail=""):
+    """The :class:`CheckpointError` for a damaged ``entry`` of a loaded checkpoint."""
+    if isinstance(detail, BaseException):
+        detail = " ".join(str(detail).split())[:200] or type(detail).__name__
+    detail = f" ({detail})" if detail else ""
+    return CheckpointError(
+        f"{checkpoint.get('path', 'the checkpoint')} has a damaged {entry!r} entry: {what}"
+        f"{detail}; the run cannot continue from it bit for bit. Resume from a copy of the "
+        "folder, or train again into another --out")
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_resumable(checkpoint, metric_fields=("epoch", "train_elbo", "validation_elbo")):
+    """Refuse, naming the entry, a checkpoint whose entries a resumed run needs are damaged:
+    ``epoch`` (at least 1), ``best`` ({epoch, validation_elbo} of a finished epoch),
+    ``metrics`` (one row per finished epoch, with ``metric_fields``), ``rng`` (torch's
+    generator state) and ``optimizer`` (not empty: a fresh Adam would continue otherwise than
+    the run did). The optimizer's and generators' contents are checked where they are
+    loaded."""
+    epoch = checkpoint["epoch"]
+    if epoch < 1:
+        raise damaged(checkpoint, "epoch", f"the finished epoch is {epoch}, not 1 or more")
+    best = checkpoint["best"]
+    if not (isinstance(best.get("epoch"), int) and not isinstance(best.get("epoch"), bool)
+            and 1 <= best["epoch"] <= epoch and _number(best.get("validation_elbo"))):
+        raise damaged(checkpoint, "best", "the record of the best epoch ({epoch, "
+                      "validation_elbo} with an epoch in 1.." f"{epoch})", f"got {best!r}"[:120])
+    metrics = checkpoint["metrics"]
+    if len(metrics) != epoch:
+        raise damaged(checkpoint, "metrics", f"{len(metrics)} rows of history for {epoch} "
+                      "finished epochs")
+    for number, row in enumerate(metrics, 1):
+        required = [field for field in metric_fields if field != "kl_weight"]
+        if not isinstance(row, dict) or not all(_number(row.get(field)) for field in required) \
+                or row["epoch"] != number:
+            raise damaged(checkpoint, "metrics", f"row {number} of the history is not the "
+                          f"numbers of epoch {number}", f"got {row!r}"[:120])
+    rng = checkpoint["rng"]
+    if not (torch.is_tensor(rng.get("torch")) and rng["torch"].dtype == torch.uint8):
+        raise damaged(checkpoint, "rng", "torch's generator state (a byte tensor) is missing")
+    if not checkpoint["optimizer"]:
+        raise damaged(checkpoint, "optimizer", "the optimizer's state is empty")
+
+
+def save_checkpoint(path, *, config, model, guide, optimizer, epoch, metrics, best, rng=None,
+                    run=None):
     """Write a checkpoint of ``config`` (a RunConfig) and the states atomically; ``optimizer``
-    is the state of the training step's optimizer (``TrainingStep.state()``), or None."""
+    is the state of the training step's optimizer (``TrainingStep.state()``), or None; ``run``
+    the run's identity (:func:`new_run_id`)."""
     atomic_torch_save(path, {
         "format": FORMAT,
         "version": VERSION,
+        **({"run": run} if run is not None else {}),
         "config": config.to_dict(),
         "epoch": epoch,
         "model": model.state_dict(),
@@ -104,17 +170,11 @@ def _read(path, map_location):
             "retrain") from error
 
 
-def load_checkpoint(path, map_location="cpu", prefer=BEST, trust=()):
-    """Read a checkpoint file or the checkpoint of a run folder, with clear errors.
-
-    Nothing is imported or called that the caller did not allow: the file is read with
-    ``weights_only=True`` (tensors and plain data only); every part name is looked up in the
-    registries; a part named ``module:Class`` (code to import) is refused unless ``trust`` is
-    True or names it, and even then a module inside the run folder is never imported.
-
-    :param trust: True to allow every ``module:Class`` the run names, or a collection of the
-        names allowed (``--trust-run``, or naming the part again on the command line).
-    """
+def read_checkpoint(path, map_location="cpu", prefer=BEST):
+    """The entries of a checkpoint file (or of a run folder's), checked for form, with its
+    configuration as a :class:`RunConfig` whose parts are *not* resolved: nothing is imported,
+    whatever the parts are called. What a run folder's own bookkeeping (repairing it,
+    comparing its files, reading the best epoch's states) needs, with no trust asked."""
     path = checkpoint_path(path, prefer)
     checkpoint = _read(path, map_location)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
@@ -127,9 +187,51 @@ def load_checkpoint(path, map_location="cpu", prefer=BEST, trust=()):
         if not isinstance(checkpoint.get(key), kind) or isinstance(checkpoint.get(key), bool):
             raise CheckpointError(f"{path} lacks a valid {key!r} entry (a {kind.__name__}); it "
                                   "is damaged or was not written by this project")
+    if not isinstance(checkpoint.get("run", ""), str):
+        raise CheckpointError(f"{path} has a damaged 'run' entry (the run's identity, a "
+                              "string); it was not written by this project")
     try:
         # Version 1 stored a flat dict; from_dict converts it. Reading it imports nothing.
-        config = RunConfig.from_dict(checkpoint["config"])
+        checkpoint["config"] = RunConfig.from_dict(checkpoint["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path} holds a configuration this project cannot use: "
+                              f"{error}") from error
+    checkpoint["path"] = path
+    return checkpoint
+
+
+def run_folder_of(path):
+    """The run folder a checkpoint file belongs to: the folder that holds it and, upwards,
+    every enclosing folder that holds a run's files (a checkpoint kept in ``RUN/ckpts/``
+    belongs to ``RUN``). Code inside it is never imported."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        parent = os.path.dirname(folder)
+        if parent == folder or not any(all(os.path.lexists(os.path.join(parent, name))
+                                           for name in marks) for marks in RUN_MARKS):
+            return folder
+        folder = parent
+
+
+#: sets of files whose presence marks a folder as a training run's: the lock every training
+#: run leaves, or its configuration beside its metrics
+RUN_MARKS = ((".lock",), ("config.json", "metrics.csv"))
+
+
+def load_checkpoint(path, map_location="cpu", prefer=BEST, trust=()):
+    """Read a checkpoint file or the checkpoint of a run folder, with clear errors.
+
+    Nothing is imported or called that the caller did not allow: the file is read with
+    ``weights_only=True`` (tensors and plain data only); every part name is looked up in the
+    registries; a part named ``module:Class`` (code to import) is refused unless ``trust`` is
+    True or names it, and even then a module inside the run folder is never imported.
+
+    :param trust: True to allow every ``module:Class`` the run names, or a collection of the
+        names allowed (``--trust-run``, or naming the part again on the command line).
+    """
+    checkpoint = read_checkpoint(path, map_location, prefer)
+    path, config = checkpoint["path"], checkpoint["config"]
+    try:
         untrusted = [f"the {family} {name!r}" for family, name in custom_parts(config)
                      if not (trust is True or name in (trust or ()))]
         if untrusted:
@@ -137,12 +239,11 @@ def load_checkpoint(path, map_location="cpu", prefer=BEST, trust=()):
                 f"{path} names code to import: {', '.join(untrusted)}. Loading it would run "
                 "that module. If the module is yours and you trust where this run came from, "
                 "pass --trust-run (from Python: trust=True)")
-        with refuse_imports_from(os.path.dirname(os.path.abspath(path))):
+        with refuse_imports_from(run_folder_of(path)):
             checkpoint["config"] = resolve(config)
     except ConfigError as error:
         raise CheckpointError(f"{path} holds a configuration this project cannot use: "
                               f"{error}") from error
-    checkpoint["path"] = path
     return checkpoint
 
 

@@ -16,13 +16,14 @@ import pyro
 
 from evaluation.reporting import cli, plots
 from inference.build import build, resolve
-from inference.checkpoint import LAST, custom_parts, load_checkpoint, load_state
+from inference.checkpoint import LAST, custom_parts, load_checkpoint, load_state, run_folder_of
 from inference.data import default_data_dir, load_dataset, resolve_binarize
 from inference.run_folder import RunFolder
 from inference.training import fit
 from models.base.cli import entry_point
 from models.base.config import ConfigError, RunConfig
 from models.base.device import resolve_device
+from models.base.registry import refuse_imports_from
 
 
 def make_config(args):
@@ -34,10 +35,14 @@ def make_config(args):
 
 def read_config(path, trust):
     """The configuration in a run folder's config.json, checked like a checkpoint's (a part
-    that names code to import needs ``trust``)."""
+    that names code to import needs ``trust``), and the run's identity (None for a run begun
+    before runs had one)."""
     try:
         with open(path) as handle:
             data = json.load(handle)
+        run = data.pop("run", None) if isinstance(data, dict) else None
+        if run is not None and not isinstance(run, str):
+            raise ValueError(f"its run identity is {run!r}, not a string")
         config = RunConfig.from_dict(data)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{path} is not a readable run configuration ({error}); pass "
@@ -46,7 +51,8 @@ def read_config(path, trust):
     if untrusted:
         raise ConfigError(f"{path} names code to import ({', '.join(untrusted)}); pass "
                           "--trust-run if the run is yours")
-    return resolve(config)
+    with refuse_imports_from(run_folder_of(path)):
+        return resolve(config), run
 
 
 def draw_curves(out_dir, metrics):
@@ -74,10 +80,10 @@ def run_training(args, group=None, after_epoch=None):
 
 
 def open_training(args, folder):
-    """(config, checkpoint or None) of the run in ``folder`` as ``args`` say: a new run, a
-    restart of one that finished no epoch, or a resumed one."""
+    """(config, checkpoint or None, run identity or None) of the run in ``folder`` as ``args``
+    say: a new run, a restart of one that finished no epoch, or a resumed one."""
     last = folder.file(LAST)
-    checkpoint = None
+    checkpoint = run = None
     how = folder.start(args.resume, args.overwrite)
     if how == "resume":
         checkpoint = load_checkpoint(last, prefer=LAST, trust=cli.trusted_parts(args))
@@ -85,13 +91,13 @@ def open_training(args, folder):
         config = cli.resumed_config(stored, cli.config_changes(args, stored))
     elif how == "restart":
         print(f"{args.out} holds a run that finished no epoch; starting it again")
-        stored = read_config(folder.file("config.json"), cli.trusted_parts(args))
+        stored, run = read_config(folder.file("config.json"), cli.trusted_parts(args))
         config = cli.resumed_config(stored, cli.config_changes(args, stored))
     else:
         if args.resume:
             print(f"no checkpoint in {args.out} yet; starting a new run there")
         config = make_config(args)
-    return config, checkpoint
+    return config, checkpoint, run
 
 
 def train(args, folder, after_epoch=None, group=None):
@@ -105,9 +111,9 @@ def train(args, folder, after_epoch=None, group=None):
     if args.time_budget is not None and not 0 < args.time_budget < float("inf"):
         raise ConfigError(f"--time-budget must be a positive number of minutes, got "
                           f"{args.time_budget}")
-    config = checkpoint = None
+    config = checkpoint = run = None
     if folder is not None:
-        config, checkpoint = open_training(args, folder)
+        config, checkpoint, run = open_training(args, folder)
     if group is not None:
         # The first process read the run folder; the others take its reading (as plain data).
         if checkpoint is not None:
@@ -141,7 +147,7 @@ def train(args, folder, after_epoch=None, group=None):
     summary = fit(model, guide, dataset, config, args.out, checkpoint=checkpoint,
                   progress=not args.no_progress, after_epoch=finished_epoch,
                   time_budget=None if args.time_budget is None else 60 * args.time_budget,
-                  group=group)
+                  group=group, run_id=run)
     print(f"test ELBO {summary['test_elbo']:.3f} nats per data point "
           f"({summary['num_test']} test points, best epoch {summary['best_epoch']} of "
           f"{summary['epochs']}, {summary['seconds_per_epoch']:.1f} s per epoch)")

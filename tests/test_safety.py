@@ -117,10 +117,14 @@ def run_state(out):
     """What a finished run folder holds, without timings."""
     summary = json.loads((out / "summary.json").read_text())
     summary.pop("seconds_per_epoch")
+    run = summary.pop("run")      # each run its own identity, the same in all of its files
     with open(out / "metrics.csv") as handle:
-        metrics = [{k: v for k, v in row.items() if k != "seconds"}
-                   for row in csv.DictReader(handle)]
+        rows = list(csv.DictReader(handle))
+    metrics = [{k: v for k, v in row.items() if k not in ("seconds", "run")} for row in rows]
     states = {name: load_checkpoint(str(out / name), trust=True) for name in (LAST, BEST)}
+    assert {row["run"] for row in rows} == {run}
+    assert json.loads((out / "config.json").read_text())["run"] == run
+    assert all(state["run"] == run for state in states.values())
     return summary, metrics, {name: (c["epoch"], c["model"], c["guide"])
                               for name, c in states.items()}
 
@@ -162,7 +166,11 @@ def test_best_pt_lagging_behind_the_checkpoint_is_repaired(tiny_run, tmp_path):
     assert old["best"]["epoch"] == 2
     first = tmp_path / "first"
     run_main("train", *TINY, "--num-epochs", "1", "--out", first)
-    shutil.copy(first / BEST, out / BEST)        # best.pt from epoch 1, as if not yet replaced
+    # best.pt of epoch 1, as if not yet replaced: the same seed gives the same epoch 1, and the
+    # file of this run would carry this run's identity.
+    lagging = torch.load(first / BEST, weights_only=True)
+    lagging["run"] = old["run"]
+    torch.save(lagging, out / BEST)
     summary = run_main("train", "--out", out, "--resume", "--num-epochs", "2", "--no-progress")
     assert load_checkpoint(str(out / BEST), trust=True)["epoch"] == 2
     assert summary == {**json.loads((tiny_run / "summary.json").read_text()),
