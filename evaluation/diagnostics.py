@@ -106,25 +106,47 @@ def psis_tail_size(num_samples):
     return int(math.ceil(min(num_samples / 5.0, 3 * math.sqrt(num_samples))))
 
 
+def _pairwise_sum(values, dim):
+    """The sums of ``values`` along ``dim``, added pairwise in an order set by the length of
+    ``dim`` alone: the second half is added to the first, element by element (the middle one of
+    an odd length waits), until one is left.
+
+    Each sum is therefore the same bits however many other sums are taken with it, and where.
+    torch's own reductions choose their order by the whole shape (vectorized along a row or down
+    the columns, split among threads or GPU blocks), so that a data point's k-hat would change
+    in its last bits with the number of points fitted with it: with the number of processes."""
+    sums, length = values, values.shape[dim]
+    while length > 1:
+        half = (length + 1) // 2
+        upper = sums.narrow(dim, half, length - half)
+        if sums is values:   # the sums build up in a copy, not in the input
+            sums = values.narrow(dim, 0, half).clone()
+        sums.narrow(dim, 0, length - half).add_(upper)
+        length = half
+    return sums.narrow(dim, 0, 1).squeeze(dim)
+
+
 def _gpd_shape(tails):
     """The shape k of a generalized Pareto distribution fitted to each column of ``tails``
     (n, C), each sorted ascending and positive: the empirical Bayes estimate of Zhang & Stephens
-    (2009) with the weak prior of PSIS (Vehtari et al. 2024), vectorized over the columns."""
+    (2009) with the weak prior of PSIS (Vehtari et al. 2024), vectorized over the columns. A
+    column's k does not depend on the other columns, to the bit (see :func:`_pairwise_sum`)."""
     n = tails.shape[0]
     prior_bs, prior_k = 3.0, 10.0
     m_est = 30 + int(n ** 0.5)
     b = 1 - torch.sqrt(m_est / (torch.arange(1, m_est + 1, dtype=tails.dtype,
                                              device=tails.device) - 0.5))
     b = b.unsqueeze(-1) / (prior_bs * tails[int(n / 4 + 0.5) - 1]) + 1 / tails[-1]   # (m, C)
-    k = torch.log1p(-b.unsqueeze(1) * tails.unsqueeze(0)).mean(1)                     # (m, C)
+    k = _pairwise_sum(torch.log1p(-b.unsqueeze(1) * tails.unsqueeze(0)), 1) / n       # (m, C)
     length_scale = n * (torch.log(-(b / k)) - k - 1)
     # weight_j = 1 / sum_i exp(l_i - l_j): the normalized profile likelihood of b_j
-    weights = 1 / torch.exp(length_scale.unsqueeze(0) - length_scale.unsqueeze(1)).sum(1)
+    weights = 1 / _pairwise_sum(torch.exp(length_scale.unsqueeze(0)
+                                          - length_scale.unsqueeze(1)), 1)
     weights = torch.where(weights >= 10 * torch.finfo(tails.dtype).eps, weights,
                           torch.zeros_like(weights))
-    weights = weights / weights.sum(0)
-    b_post = (b * weights).sum(0)
-    k_post = torch.log1p(-b_post * tails).mean(0)
+    weights = weights / _pairwise_sum(weights, 0)
+    b_post = _pairwise_sum(b * weights, 0)
+    k_post = _pairwise_sum(torch.log1p(-b_post * tails), 0) / n
     return (n * k_post + prior_k * 0.5) / (n + prior_k)
 
 

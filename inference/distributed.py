@@ -15,7 +15,9 @@ CPU) and gives each process its device (``cuda:LOCAL_RANK`` on a machine with GP
 
 A process that fails or stops answering ends the others: a collective that waits longer than
 ``VAE_DIST_TIMEOUT`` seconds (default 600) fails in every process, each of which then stops
-with one line (:class:`ProcessGroupFailed`); ``torchrun`` stops the rest when one exits.
+with one line (:class:`ProcessGroupFailed`); ``torchrun`` stops the rest when one exits. With
+NCCL this holds because :func:`from_environment` makes its collectives wait for their end and
+raise (:func:`raise_collective_errors`); docs/distributed.md says where it cannot be promised.
 """
 
 import datetime
@@ -86,6 +88,26 @@ class ProcessGroup:
         self._guard("sharing a value", dist.broadcast_object_list, box, 0)
         return box[0]
 
+    def from_main(self, what, function):
+        """``function()`` as the first process computes it, in every process. The others do not
+        call it (it reads what only the first process's machine need have, such as the run
+        folder) but take a copy of its value (any picklable object). Where it fails in the
+        first process, every process stops: the first with its error, the others with its
+        message, rather than waiting for a value that does not come."""
+        value = error = message = None
+        if self.is_main:
+            try:
+                value = function()
+            except Exception as failure:
+                error, message = failure, " ".join(str(failure).split()) or type(failure).__name__
+        value, message = self.broadcast((value, message))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise ValueError(f"process {self.rank} of {self.size} stops: the first process "
+                             f"could not {what} ({message})")
+        return value
+
     def gather(self, value):
         """[value of rank 0, value of rank 1, ...] in every process."""
         values = [None] * self.size
@@ -111,6 +133,27 @@ def launched():
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+#: NCCL's settings of what a failed or timed-out collective does; one set by the user is kept
+NCCL_ERROR_SETTINGS = ("TORCH_NCCL_BLOCKING_WAIT", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+                       "NCCL_BLOCKING_WAIT", "NCCL_ASYNC_ERROR_HANDLING")
+
+
+def raise_collective_errors(environ=os.environ):
+    """Ask NCCL (before the process group is made) that a collective that fails or outlasts the
+    timeout raise an error in the process waiting on it (``TORCH_NCCL_BLOCKING_WAIT=1``), which
+    then stops with one line (:class:`ProcessGroupFailed`), unless the user chose a setting of
+    their own (:data:`NCCL_ERROR_SETTINGS`). Returns whether it did.
+
+    By default NCCL's collectives return before they are done, and a watchdog thread that finds
+    one failed or timed out aborts the whole process (SIGABRT), so that no error reaches this
+    project's code. Waiting instead costs each collective a wait of the host for the device:
+    in training, once per step (the averaging of the gradients)."""
+    if any(name in environ for name in NCCL_ERROR_SETTINGS):
+        return False
+    environ["TORCH_NCCL_BLOCKING_WAIT"] = "1"
+    return True
+
+
 def from_environment(device_name="auto"):
     """The :class:`ProcessGroup` of a run launched by ``torchrun`` with several processes (None
     for a single process), with this process's device for ``device_name`` (auto, cpu, cuda)."""
@@ -133,6 +176,8 @@ def from_environment(device_name="auto"):
         device, backend = torch.device("cpu"), "gloo"
     timeout = datetime.timedelta(seconds=timeout_seconds())
     if not dist.is_initialized():
+        if backend == "nccl":
+            raise_collective_errors()
         dist.init_process_group(backend, timeout=timeout)
     return ProcessGroup(rank, size, local_rank, device)
 

@@ -35,10 +35,12 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from inference.checkpoint import BEST, LAST, rng_state, save_checkpoint, set_rng_state
+from inference.checkpoint import (BEST, LAST, CheckpointError, check_resumable, load_state,
+                                  new_run_id, read_checkpoint, restore_rng_state, rng_state,
+                                  save_checkpoint)
 from inference.log_weights import error_summary, log_importance_weights, strict_tracing
 from inference.objectives import ScaleLatents, kl_weight, make_objective, warmed
-from inference.run_folder import repair
+from inference.run_folder import RunFolderError, config_record, repair
 from models.base.config import derived_seed
 from models.base.io import atomic_copy, atomic_write_json, atomic_write_text
 from models.vae import check_batch
@@ -199,25 +201,38 @@ class TrainingStep:
         whole minibatch."""
         self.scaler.weight = kl_weight
         if self.use_graphs and x.is_cuda and kl_weight == 1.0 and self.jit_loss is not None:
-            key = (tuple(x.shape), x.dtype, num_data)
-            graph = self.graphs.get(key)
-            if graph is not None:
-                return graph(x)
-            self._eager_steps[key] += 1
-            if self._eager_steps[key] > GRAPH_WARMUP_STEPS and key not in self.graphs:
-                self.graphs[key] = self._capture(x, num_data)
-                if self.graphs[key] is not None:
-                    return self.graphs[key](x)
-            elif key not in self.graphs:
-                # As CUDA's guide to graphs asks, the steps before a capture run on a side
-                # stream, so that autograd's lazily made streams are not the legacy one.
-                side = torch.cuda.Stream(x.device)
-                side.wait_stream(torch.cuda.current_stream(x.device))
-                with torch.cuda.stream(side):
-                    loss = self._eager(x, num_data, kl_weight, fraction)
-                torch.cuda.current_stream(x.device).wait_stream(side)
+            # The capture, its streams and the replays belong on the device of the data, which
+            # need not be the current device (--device cuda:1 leaves cuda:0 current): a capture
+            # on the current device's stream does not hold the kernels the step runs on the
+            # data's device.
+            with torch.cuda.device(x.device):
+                loss = self._graphed(x, num_data, fraction)
+            if loss is not None:
                 return loss
         return self._eager(x, num_data, kl_weight, fraction)
+
+    def _graphed(self, x, num_data, fraction):
+        """The step on ``x`` (on the current CUDA device) by the CUDA graph of its minibatch
+        size, captured after ``GRAPH_WARMUP_STEPS`` steps taken on a side stream; None where
+        that size could not be captured (its steps are taken without a graph)."""
+        key = (tuple(x.shape), x.dtype, num_data)
+        graph = self.graphs.get(key)
+        if graph is not None:
+            return graph(x)
+        self._eager_steps[key] += 1
+        if key in self.graphs:
+            return None
+        if self._eager_steps[key] > GRAPH_WARMUP_STEPS:
+            self.graphs[key] = self._capture(x, num_data)
+            return None if self.graphs[key] is None else self.graphs[key](x)
+        # As CUDA's guide to graphs asks, the steps before a capture run on a side stream, so
+        # that autograd's lazily made streams are not the legacy one.
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            loss = self._eager(x, num_data, 1.0, fraction)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        return loss
 
     def _eager(self, x, num_data, kl_weight, fraction):
         self.optimizer.zero_grad(set_to_none=True)
@@ -281,9 +296,12 @@ class TrainingStep:
         # Gradients allocated inside the capture live in the graph's memory: each replay writes
         # them afresh.
         self.optimizer.zero_grad(set_to_none=True)
+        # A capture stream of the data's device: torch.cuda.graph's own is made once, on the
+        # device that is current at the first capture of the process.
+        stream = torch.cuda.Stream(x.device)
         try:
             with pyro.validation_enabled(False), torch.jit.optimized_execution(False), \
-                    torch.cuda.graph(graph):
+                    torch.cuda.graph(graph, stream=stream):
                 static_loss = self.jit_loss(self.model, self.guide, static_x, num_data=num_data,
                                             batch_size=x.shape[0])
                 static_loss.backward()
@@ -323,14 +341,32 @@ class TrainingStep:
 
     def load_state(self, state, path=None):
         """Restore :meth:`state`, or the per-parameter state of Pyro's optimizer wrapper that
-        checkpoints written before held, converted."""
-        if state.get("optimizer") == "torch.optim.Adam":
-            if list(state["names"]) != self.names:
-                raise ValueError(f"the optimizer state in {path} belongs to other parameters")
-            self.optimizer.load_state_dict(state["state"])
-            return
-        self.optimizer.load_state_dict(pyro_optimizer_state(state, self.names,
-                                                            self.optimizer, path))
+        checkpoints written before held, converted. A state that does not fit these parameters
+        (other names, sizes or groups, or not an optimizer's state at all) is refused with a
+        :class:`CheckpointError` that names the checkpoint's ``optimizer`` entry."""
+        try:
+            if state.get("optimizer") == "torch.optim.Adam":
+                if list(state["names"]) != self.names:
+                    raise ValueError("it belongs to other parameters")
+                loaded = state["state"]
+            else:
+                loaded = pyro_optimizer_state(state, self.names, self.optimizer, path)
+            self.optimizer.load_state_dict(loaded)
+            self._check_state_shapes()
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError,
+                IndexError) as error:
+            raise CheckpointError(
+                f"{path or 'the checkpoint'} has a damaged 'optimizer' entry: the Adam state of "
+                f"this model's parameters ({error_summary(error)}); the run cannot continue "
+                "from it bit for bit. Resume from a copy of the folder, or train again into "
+                "another --out") from error
+
+    def _check_state_shapes(self):
+        for index, param in enumerate(self.params):
+            for key, value in self.optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"its {key} of parameter {self.names[index]} has shape "
+                                     f"{tuple(value.shape)}, not {tuple(param.shape)}")
 
 
 class _GraphStep:
@@ -396,13 +432,16 @@ def forget_stale_params():
             del store[name]
 
 
-def write_metrics(out_dir, metrics):
+def write_metrics(out_dir, metrics, run=None):
+    """Write ``metrics.csv``: one row per finished epoch, each with the run's identity
+    ``run`` in its last column (where the run has one)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    fields = METRIC_FIELDS + (("run",) if run is not None else ())
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in metrics:
         # Runs begun before KL warm-up existed kept no kl_weight in their history: it was 1.
-        writer.writerow({"kl_weight": 1.0, **row})
+        writer.writerow({"kl_weight": 1.0, **row, **({"run": run} if run is not None else {})})
     atomic_write_text(os.path.join(out_dir, "metrics.csv"), buffer.getvalue())
 
 
@@ -413,7 +452,7 @@ def epoch_seed(seed, epoch, rank=None):
 
 
 def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=True, log=print,
-        after_epoch=None, time_budget=None, group=None):
+        after_epoch=None, time_budget=None, group=None, run_id=None):
     """Train ``model`` and ``guide`` by SVI on ``dataset`` as ``config`` says; write the run folder.
 
     :param config: the run's :class:`models.base.config.RunConfig`; training follows
@@ -428,6 +467,8 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
         minibatch of ``training.batch_size`` (the global size), with the data order of the
         epoch the same in all and its own noise; losses and ELBOs are combined across them;
         only the first process writes files, logs and calls ``after_epoch``.
+    :param str run_id: the identity of a new run (default: a fresh one; a restarted run keeps
+        the one its ``config.json`` holds); a resumed run keeps its checkpoint's.
     :returns: the summary dict written to ``summary.json``.
     """
     training = config.training
@@ -440,19 +481,28 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
     validate_data(model, dataset)
     step = TrainingStep(model, guide, training, log=log, group=group)
     metrics, best, start_epoch = [], {"epoch": 0, "validation_elbo": -math.inf}, 0
+    run = run_id
     if checkpoint is not None:
+        check_resumable(checkpoint, METRIC_FIELDS)
         if training.num_epochs < checkpoint["epoch"]:
             raise ValueError(f"the run in {out_dir} has finished {checkpoint['epoch']} epochs; "
                              f"--num-epochs {training.num_epochs} would not continue it (give "
                              "the total number of epochs, more than that)")
+        # A run begun before runs had identities takes one now.
+        run = checkpoint.get("run") or run or new_run_id()
+        checkpoint = dict(checkpoint, run=run)
         if main:
             repair(out_dir, checkpoint, write_metrics, after_epoch)
         step.load_state(checkpoint["optimizer"], checkpoint.get("path"))
         metrics, best, start_epoch = checkpoint["metrics"], checkpoint["best"], checkpoint["epoch"]
-        set_rng_state(checkpoint["rng"])
+        restore_rng_state(checkpoint)
         log(f"resuming {out_dir} after epoch {start_epoch}")
-    elif main:
-        atomic_write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+    else:
+        run = run or new_run_id()
+        if main:
+            atomic_write_json(os.path.join(out_dir, "config.json"), config_record(config, run))
+    if group is not None:
+        run = group.broadcast(run)
 
     train, num_data = dataset.train, len(dataset.train)
     batch_size = min(training.batch_size, num_data)
@@ -517,10 +567,10 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
             # and run_folder.repair restores them from it after a crash (inference/run_folder).
             save_checkpoint(os.path.join(out_dir, LAST), config=config, model=model,
                             guide=guide, optimizer=step.state(), epoch=epoch, metrics=metrics,
-                            best=best, rng=rng_state())
+                            best=best, rng=rng_state(), run=run)
             if improved:
                 atomic_copy(os.path.join(out_dir, LAST), os.path.join(out_dir, BEST))
-            write_metrics(out_dir, metrics)
+            write_metrics(out_dir, metrics, run)
             if after_epoch is not None:
                 after_epoch(out_dir, metrics)
         shown = "     none" if math.isnan(validation_elbo) else f"{validation_elbo:9.3f}"
@@ -535,7 +585,7 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
             log(f"stopping after epoch {epoch} of {num_epochs}: another epoch would exceed the "
                 f"time budget of {time_budget / 60:g} minutes; continue with --resume")
             break
-    return _summarize(model, guide, dataset, config, out_dir, metrics, best, group)
+    return _summarize(model, guide, dataset, config, out_dir, metrics, best, group, run)
 
 
 def _silent(*args, **kwargs):
@@ -572,15 +622,17 @@ class DivergenceWatch:
             "epochs are intact)")
 
 
-def _summarize(model, guide, dataset, config, out_dir, metrics, best, group=None):
+def _summarize(model, guide, dataset, config, out_dir, metrics, best, group=None, run=None):
     """Score the best-on-validation parameters on the test split and write summary.json."""
-    from inference.checkpoint import load_checkpoint, load_state
-
     main = group is None or group.is_main
     states = None
     if main:
-        best_checkpoint = load_checkpoint(os.path.join(out_dir, BEST), trust=True,
-                                          map_location="cpu")
+        # Only the states are needed: read without building (nothing the run names is
+        # imported), and only from a best.pt of this run.
+        best_checkpoint = read_checkpoint(os.path.join(out_dir, BEST), map_location="cpu")
+        if run is not None and best_checkpoint.get("run") not in (None, run):
+            raise RunFolderError(f"{best_checkpoint['path']} belongs to another run (its run "
+                                 "identity differs); move it away and --resume")
         states = (best_checkpoint["model"], best_checkpoint["guide"], best_checkpoint["path"])
     if group is not None:
         # Only the first process can read the run folder (the others may be on other machines).
@@ -598,6 +650,7 @@ def _summarize(model, guide, dataset, config, out_dir, metrics, best, group=None
         "seconds_per_epoch": sum(row["seconds"] for row in metrics) / max(1, len(metrics)),
         "num_train": len(dataset.train),
         "num_test": len(dataset.test),
+        **({"run": run} if run is not None else {}),
     }
     if main:
         atomic_write_json(os.path.join(out_dir, "summary.json"), summary)

@@ -145,7 +145,7 @@ def compare(args, group=None):
     all_results, data = {}, {}
     for label, path in zip(labels, args.runs):
         print(f"{path}:")
-        opened = cli.open_run(args, path, device)
+        opened = cli.open_run(args, path, device, group)   # read by the first process alone
         all_results[label] = evaluate_run(opened, label, names, grid, args, options, group)
         data[label] = opened.x
     rows = [{"run": label, **{key: result.summary()[key] for key in SUMMARY_FIELDS[1:]}}

@@ -62,6 +62,22 @@ def test_pareto_khat_recovers_the_shape_of_pareto_weights(shape):
     assert (khat - shape).abs().max() < 0.35, khat
 
 
+@pytest.mark.parametrize("num_samples", [100, 5000])
+def test_a_points_khat_does_not_depend_on_the_points_fitted_with_it(num_samples):
+    """The k-hat of N points fitted at once equals, bit for bit, that of the points fitted in
+    any parts (as the processes of a run fit their shares) and one at a time."""
+    torch.manual_seed(4)
+    scales = torch.linspace(0.2, 3.0, 10, dtype=torch.float64)
+    log_weights = -scales * torch.log(torch.rand(num_samples, 10, dtype=torch.float64))
+    whole = pareto_khat(log_weights)
+    assert torch.isfinite(whole).all()
+    for cuts in ([3], [1], [3, 7], [1, 9], list(range(1, 10))):
+        edges = [0, *cuts, 10]
+        parts = torch.cat([pareto_khat(log_weights[:, start:stop])
+                           for start, stop in zip(edges, edges[1:])])
+        assert torch.equal(parts, whole), cuts
+
+
 def test_pareto_khat_of_light_tailed_weights_is_small_and_few_weights_give_nan():
     log_weights = 0.1 * torch.randn(2000, 3, dtype=torch.float64)
     assert (pareto_khat(log_weights) < 0.3).all()

@@ -22,8 +22,10 @@ from conftest import ROOT, load_script, run_main, small_config
 from evaluation.estimators import ESTIMATORS
 from inference.build import build
 from inference.checkpoint import load_checkpoint
+from inference import distributed
 from inference.distributed import ProcessGroup
 from inference.log_weights import chunk_seeds
+from inference.runs import load_run
 from inference.training import TrainingStep, forget_stale_params
 
 TINY_TRAINING = ["--dataset", "mnist-subset", "--z-dim", "2", "--hidden-dims", "16",
@@ -65,6 +67,70 @@ def test_shares_are_whole_blocks_that_tile_the_items_in_order(num_items, step, s
         assert part.start % step == 0 or part.start == num_items
     lengths = [part.stop - part.start for part in parts]
     assert max(lengths) - min(lengths) <= step
+
+
+@pytest.fixture
+def no_nccl_settings(monkeypatch):
+    """None of NCCL's error settings in the environment, and any this test sets undone."""
+    for name in distributed.NCCL_ERROR_SETTINGS:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+def _joined_as(monkeypatch, device_name):
+    """from_environment(device_name) as rank 0 of 2 on a machine with a GPU (faked): the
+    backend and the TORCH_NCCL_BLOCKING_WAIT that the process group would be made with."""
+    made = []
+    monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, timeout: made.append(
+                            (backend, os.environ.get("TORCH_NCCL_BLOCKING_WAIT"))))
+    group = distributed.from_environment(device_name)
+    assert (group.rank, group.size) == (0, 2)
+    return made[0]
+
+
+def test_nccl_collectives_are_made_to_raise_where_they_fail(monkeypatch, no_nccl_settings):
+    """Set before the group is made, so that a lost process or a timeout raises in the
+    collective that waits (and the process stops with one line), not in NCCL's watchdog."""
+    assert _joined_as(monkeypatch, "cuda") == ("nccl", "1")
+
+
+def test_gloo_and_a_users_own_nccl_setting_are_left_alone(monkeypatch, no_nccl_settings):
+    assert _joined_as(monkeypatch, "cpu") == ("gloo", None)
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    assert _joined_as(monkeypatch, "cuda") == ("nccl", None)
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+
+
+def test_a_failed_nccl_collective_stops_the_process_with_one_line(monkeypatch):
+    """What NCCL raises when a collective outlasts the timeout, in a collective of the group
+    and in the averaging of the gradients, becomes ProcessGroupFailed."""
+    error = torch.distributed.DistBackendError(
+        "[Rank 0] Work WorkNCCL(SeqNum=12, OpType=ALLREDUCE, NumelIn=1)\n timed out in "
+        "blocking wait (TORCH_NCCL_BLOCKING_WAIT=1).")
+
+    def lost(*args, **kwargs):
+        raise error
+
+    group = ProcessGroup(0, 2, 0, torch.device("cpu"))
+    monkeypatch.setattr(torch.distributed, "all_reduce", lost)
+    with pytest.raises(distributed.ProcessGroupFailed,
+                       match=r"^process 0 of 2 lost the others while adding up results "
+                             r"\(\[Rank 0\] Work WorkNCCL\(.*\) timed out in blocking wait") \
+            as failure:
+        group.sum(torch.zeros(2))
+    assert "\n" not in str(failure.value) and failure.value.__cause__ is error
+    config = small_config(jit=False)
+    model, guide = build(config)
+    step = TrainingStep(model, guide, config.training, log=lambda *_: None)
+    step.parallel, step.group = lost, group   # as DistributedDataParallel raises it
+    with pytest.raises(distributed.ProcessGroupFailed, match="while averaging gradients"):
+        step(torch.zeros(4, 50), 100, 1.0, 0.5)
 
 
 def test_minibatch_shares_split_each_global_minibatch():
@@ -200,9 +266,10 @@ def test_a_two_process_run_writes_one_run_folder_and_resumes_in_one(tmp_path):
 
 @pytest.mark.slow
 def test_sharded_evaluation_equals_one_process_exactly(tmp_path, tiny_run):
-    flags = ["--estimator", "importance,elbo,prior,ais", "--num-samples", "6",
+    # K = 24 weights per point give a Pareto fit (k-hat needs 20), in chunks of 2 points.
+    flags = ["--estimator", "importance,elbo,prior,ais", "--num-samples", "24",
              "--ais-chains", "3", "--ais-steps", "4", "--num-data", "23",
-             "--max-batch-elements", "24", "--no-progress", "--device", "cpu"]
+             "--max-batch-elements", "48", "--no-progress", "--device", "cpu"]
     # One thread per process in all (the thread count changes the last bits of a sum); the
     # single process runs here, in this test's process.
     with one_thread():
@@ -214,6 +281,12 @@ def test_sharded_evaluation_equals_one_process_exactly(tmp_path, tiny_run):
     one = (tmp_path / "1.csv").read_bytes()
     assert one == (tmp_path / "2.csv").read_bytes() == (tmp_path / "3.csv").read_bytes()
     assert one.count(b"\n") == 1 + 4 * 23
+    # The per-point k-hats among them (written in full precision), bit for bit.
+    khats = [torch.tensor([float(row["khat"]) for row in read_csv_rows(tmp_path / f"{g}.csv")
+                           if row["estimator"] == "importance"], dtype=torch.float64)
+             for g in (1, 2, 3)]
+    assert torch.isfinite(khats[0]).all() and khats[0].numel() == 23
+    assert torch.equal(khats[0], khats[1]) and torch.equal(khats[0], khats[2])
     # compare.py too: its table (all but the seconds) and its paired differences.
     flags = ["--estimator", "importance,elbo", "--num-samples", "3,6", "--num-data", "23",
              "--max-batch-elements", "24", "--no-progress", "--device", "cpu"]
@@ -226,6 +299,78 @@ def test_sharded_evaluation_equals_one_process_exactly(tmp_path, tiny_run):
                for row in read_csv_rows(tmp_path / f"compare{processes}" / "comparison.csv")]
               for processes in (1, 2)]
     assert tables[0] == tables[1] and len(tables[0]) == 8
+    assert (tmp_path / "compare1" / "paired.csv").read_bytes() == \
+        (tmp_path / "compare2" / "paired.csv").read_bytes()
+
+
+SEEN_BY_RANK_0 = ["--num-data", "11", "--max-batch-elements", "48", "--no-progress",
+                  "--device", "cpu"]
+
+
+def _only_rank_0_sees_the_run(rank, size, port, run, tmp, results):
+    """Open, evaluate and compare ``run``, which only rank 0 can see: the others are given a
+    path of the same name on a "machine" where nothing is."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        group = ProcessGroup(rank, size, 0, torch.device("cpu"))
+        path = run if rank == 0 else os.path.join(tmp, "elsewhere", os.path.basename(run))
+        model, guide, _, config, checkpoint = load_run(path, group=group)
+        evaluate, compare = load_script("evaluate"), load_script("compare")
+        evaluate.evaluate(evaluate.make_parser().parse_args(
+            [path, "--estimator", "importance,elbo", "--num-samples", "24", *SEEN_BY_RANK_0,
+             "--out", os.path.join(tmp, "2.json")]), group)
+        compare.compare(compare.make_parser().parse_args(
+            [path, path, "--estimator", "importance", "--num-samples", "3,24",
+             *SEEN_BY_RANK_0, "--out", os.path.join(tmp, "compare2")]), group)
+        try:   # a run the first process cannot read stops every process, with its message
+            load_run(os.path.join(tmp, "nowhere"), group=group)
+            failure = None
+        except ValueError as error:
+            failure = f"{type(error).__name__}: {error}"
+        results[rank] = {"model": model.state_dict(), "guide": guide.state_dict(),
+                         "config": config.to_dict(), "checkpoint": checkpoint,
+                         "failure": failure}
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_only_the_first_process_needs_the_run_folder_to_evaluate_it(tmp_path, tiny_run):
+    context = torch.multiprocessing.get_context("spawn")
+    port = free_port()
+    with context.Manager() as manager:
+        results = manager.dict()
+        processes = [context.Process(target=_only_rank_0_sees_the_run,
+                                     args=(rank, 2, port, str(tiny_run), str(tmp_path), results))
+                     for rank in range(2)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(180)
+        assert all(process.exitcode == 0 for process in processes)
+        results = dict(results)
+    model, guide, _, config, checkpoint = load_run(str(tiny_run))
+    for rank in range(2):
+        assert results[rank]["checkpoint"] == checkpoint   # rank 0's file, read there alone
+        assert results[rank]["config"] == config.to_dict()
+        for name, ours in (("model", model), ("guide", guide)):
+            theirs = results[rank][name]
+            assert list(theirs) == list(ours.state_dict())
+            assert all(torch.equal(theirs[key], value)
+                       for key, value in ours.state_dict().items())
+    assert results[0]["failure"].startswith("CheckpointError: no checkpoint at ")
+    assert results[1]["failure"].startswith(
+        "ValueError: process 1 of 2 stops: the first process could not read the run's "
+        "checkpoint (no checkpoint at ")
+    # The numbers are those of one process that reads the run itself.
+    with one_thread():
+        run_main("evaluate", tiny_run, "--estimator", "importance,elbo", "--num-samples", "24",
+                 *SEEN_BY_RANK_0, "--out", tmp_path / "1.json")
+        run_main("compare", tiny_run, tiny_run, "--estimator", "importance", "--num-samples",
+                 "3,24", *SEEN_BY_RANK_0, "--out", tmp_path / "compare1")
+    assert (tmp_path / "1.csv").read_bytes() == (tmp_path / "2.csv").read_bytes()
     assert (tmp_path / "compare1" / "paired.csv").read_bytes() == \
         (tmp_path / "compare2" / "paired.csv").read_bytes()
 

@@ -121,6 +121,36 @@ def test_the_cuda_graph_step_trains_as_the_step_without_it():
     assert torch.allclose(params[None][1], params[False][1], rtol=1e-5, atol=1e-4)
 
 
+def test_the_cuda_graph_step_trains_on_a_device_that_is_not_the_current_one():
+    """The data and parameters on the last GPU while cuda:0 is current (--device cuda:N in one
+    process): the graph is captured and replayed there, and trains as the step without it. On
+    a machine with one GPU, the device is named explicitly and is also the current one."""
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    previous = torch.cuda.current_device()
+    torch.cuda.set_device(0)
+    try:
+        params = {}
+        for cuda_graph in (None, False):
+            pyro.clear_param_store()
+            config = small_config(cuda_graph=cuda_graph)
+            pyro.set_rng_seed(0)
+            model, guide = build(config)
+            model, guide = model.to(device), guide.to(device)
+            step = TrainingStep(model, guide, config.training, log=pytest.fail)
+            torch.manual_seed(7)
+            x = torch.rand(16, 50, device=device).bernoulli()
+            losses = torch.stack([step(x, 160) for _ in range(GRAPH_WARMUP_STEPS + 3)])
+            assert torch.cuda.current_device() == 0
+            assert (len(step.graphs) == 1 and None not in step.graphs.values()) == \
+                (cuda_graph is None)
+            params[cuda_graph] = [p.detach().cpu() for p in step.params], losses.cpu()
+        for ours, theirs in zip(params[None][0], params[False][0]):
+            assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(params[None][1], params[False][1], rtol=1e-5, atol=1e-4)
+    finally:
+        torch.cuda.set_device(previous)
+
+
 def test_a_run_trained_on_cuda_loads_and_evaluates_on_the_cpu(tmp_path):
     out = tmp_path / "run"
     run_main("train", "--dataset", "mnist-subset", "--num-epochs", "1", "--z-dim", "4",

@@ -14,7 +14,7 @@ from inference.build import build
 from inference.checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, restore,
                                   save_checkpoint)
 from inference.data import load_dataset
-from inference.training import TrainingStep, fit, mean_elbo, write_metrics
+from inference.training import GRAPH_WARMUP_STEPS, TrainingStep, fit, mean_elbo, write_metrics
 from models.base.config import ConfigError
 from models.base.device import resolve_device
 
@@ -50,7 +50,9 @@ def test_training_on_synthetic_data_improves_the_elbo(tmp_path):
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
-    assert set(rows[0]) == {"epoch", "train_elbo", "validation_elbo", "kl_weight", "seconds"}
+    assert set(rows[0]) == {"epoch", "train_elbo", "validation_elbo", "kl_weight", "seconds",
+                            "run"}
+    assert {row["run"] for row in rows} == {summary["run"]}
     assert float(rows[-1]["validation_elbo"]) > float(rows[0]["validation_elbo"])
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["model"]["z_dim"] == 2
@@ -151,6 +153,93 @@ def test_training_flushes_the_optimizer_every_flush_every_steps(tmp_path, monkey
 def test_jit_trace_elbo_trains(tmp_path):
     _, _, _, summary = train(small_config(num_epochs=1, jit=True, batch_size=128), tmp_path)
     assert torch.isfinite(torch.tensor(summary["test_elbo"]))
+
+
+class _OnCuda1(torch.Tensor):
+    """A CPU tensor that says it lives on cuda:1 (for the fake CUDA below)."""
+
+    is_cuda = True
+    device = torch.device("cuda", 1)
+
+
+def test_the_cuda_graph_is_captured_and_replayed_on_the_device_of_the_data(monkeypatch):
+    """--device cuda:1 in one process leaves cuda:0 the current device: the warm-up steps, the
+    capture and the replays of the step's CUDA graph must all name cuda:1. Faked on the CPU:
+    torch.cuda's calls record the device each is made on (the current one where none is named);
+    the step's loss and Adam run for real."""
+    calls, current = [], [0]
+
+    class Device:
+        def __init__(self, device):
+            self.index = torch.device(device).index
+
+        def __enter__(self):
+            self.previous, current[0] = current[0], self.index
+
+        def __exit__(self, *error):
+            current[0] = self.previous
+
+    class Stream:
+        def __init__(self, device=None):
+            self.index = current[0] if device is None else torch.device(device).index
+            calls.append(("stream", self.index))
+
+        def wait_stream(self, other):
+            calls.append(("wait", other.index))
+
+    class StreamContext(Device):   # torch.cuda.stream also makes the stream's device current
+        def __init__(self, stream):
+            self.index = stream.index
+
+    class Graph:
+        def replay(self):
+            calls.append(("replay", current[0]))
+
+    class Capture:
+        #: torch.cuda.graph's own stream, made at the first capture of the process (on cuda:0)
+        default_stream = Stream(0)
+
+        def __init__(self, graph, stream=None):
+            self.stream = stream or self.default_stream
+
+        def __enter__(self):
+            calls.append(("capture", self.stream.index))
+            calls.append(("capture, current device", current[0]))
+
+        def __exit__(self, *error):
+            pass
+
+    calls.clear()
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", StreamContext)
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    config = small_config(jit=True)
+    model, guide = build(config)
+    step = TrainingStep(model, guide, config.training, log=pytest.fail)
+    assert step.use_graphs
+
+    def eager(x, num_data, kl_weight, fraction):
+        calls.append(("eager step", current[0]))
+        return torch.zeros(())
+
+    def jit_loss(model, guide, x, num_data, batch_size):
+        return sum((p ** 2).sum() for p in step.params)
+
+    step._eager, step.jit_loss = eager, jit_loss
+    x = torch.rand(10, 50).bernoulli().as_subclass(_OnCuda1)
+    before = [p.detach().clone() for p in step.params]
+    for _ in range(GRAPH_WARMUP_STEPS + 2):
+        step(x, 100)
+        assert current[0] == 0   # the step leaves the current device as it found it
+    assert [what for what, _ in calls].count("eager step") == GRAPH_WARMUP_STEPS
+    assert [what for what, _ in calls].count("replay") == 2   # at the capture, and after
+    assert [what for what, _ in calls].count("capture") == 1
+    assert all(index == 1 for _, index in calls), calls
+    # The replays stepped Adam on the gradients the capture made.
+    assert not any(torch.equal(a, b) for a, b in zip(before, step.params))
 
 
 def test_corrupt_checkpoint_gets_a_clear_error(tmp_path):
