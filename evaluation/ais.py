@@ -189,13 +189,16 @@ def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=STEPS, num_leap
 
 
 def bdmc(model, num_data, num_chains=4, *, num_steps=STEPS, num_leapfrog=LEAPFROG,
-         step_size=STEP_SIZE, target_accept=TARGET_ACCEPT, schedule=SCHEDULE):
+         step_size=STEP_SIZE, target_accept=TARGET_ACCEPT, schedule=SCHEDULE,
+         max_batch_elements=None):
     """Bidirectional Monte Carlo (Grosse et al. 2015) on ``num_data`` points simulated from the
     model itself: (z*, x) ~ p(z) p(x | z), so z* is an exact posterior sample for x.
 
     Forward AIS from the prior gives a stochastic lower bound of log p(x); reverse AIS from z*
     gives a stochastic upper bound. Their gap bounds the error of forward AIS with these settings
-    on data like the model's own.
+    on data like the model's own. The points are simulated and annealed a block at a time, at
+    most ``max_batch_elements`` (chain, point) pairs in each; the simulated points kept for the
+    result must fit in ``BDMC_BYTES``, else the call is refused before any work.
 
     :returns: dict of (N,) tensors ``lower``, ``upper``, ``gap`` and the simulated ``x`` and ``z``.
     """
@@ -203,16 +206,45 @@ def bdmc(model, num_data, num_chains=4, *, num_steps=STEPS, num_leapfrog=LEAPFRO
                                  schedule)
     if isinstance(num_data, bool) or int(num_data) != num_data or num_data < 1:
         raise ValueError(f"BDMC needs at least one simulated point (--bdmc), got {num_data}")
-    with torch.no_grad(), poutine.block():
-        trace = poutine.trace(model).get_trace(batch_size=int(num_data))
-    x, z_true = trace.nodes["x"]["value"], trace.nodes["z"]["value"]
+    num_data = int(num_data)
+    # One point to learn the sizes, drawn beside the random stream of the simulation.
+    devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1] \
+        if isinstance(model, torch.nn.Module) else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+        one = poutine.trace(model).get_trace(batch_size=1)
+    x_one, z_one = one.nodes["x"]["value"], one.nodes["z"]["value"]
+    needed = num_data * (x_one.numel() + z_one.numel() + 3) * x_one.element_size()
+    if needed > BDMC_BYTES:
+        raise ValueError(f"BDMC on {num_data} simulated points would hold "
+                         f"{needed / 2 ** 30:.1f} GiB of them (limit "
+                         f"{BDMC_BYTES / 2 ** 30:.0f} GiB); simulate fewer points (--bdmc)")
+    if max_batch_elements is None:
+        max_batch_elements = default_max_batch_elements(x_one.numel(), x_one.device)
+    if num_chains > max_batch_elements:
+        raise ValueError(f"{num_chains} AIS chains per data point exceed the "
+                         f"{max_batch_elements} (chain, data point) pairs one chunk may hold; "
+                         "use fewer chains (--ais-chains) or raise --max-batch-elements")
     betas = SCHEDULES[schedule](int(num_steps))
-    density = LatentLogDensity(model, x)
-    chain_start = _Start("prior", model, None, x, density)
-    z = chain_start.sample(num_chains)
-    forward, *_ = anneal(chain_start, z, betas, num_leapfrog, step_size, target_accept)
-    z_star = z_true.unsqueeze(0).expand(num_chains, *z_true.shape).contiguous()
-    reverse, *_ = anneal(chain_start, z_star, betas.flip(0), num_leapfrog, step_size,
-                         target_accept)
-    lower, upper = log_mean_exp(forward), -log_mean_exp(reverse)
-    return {"lower": lower, "upper": upper, "gap": upper - lower, "x": x, "z": z_true}
+    block = points_per_chunk(num_chains, max_batch_elements)
+    results = {key: [] for key in ("lower", "upper", "x", "z")}
+    for begin in range(0, num_data, block):
+        with torch.no_grad(), poutine.block():
+            trace = poutine.trace(model).get_trace(batch_size=min(block, num_data - begin))
+        x, z_true = trace.nodes["x"]["value"], trace.nodes["z"]["value"]
+        density = LatentLogDensity(model, x)
+        chain_start = _Start("prior", model, None, x, density)
+        z = chain_start.sample(num_chains)
+        forward, *_ = anneal(chain_start, z, betas, num_leapfrog, step_size, target_accept)
+        z_star = z_true.unsqueeze(0).expand(num_chains, *z_true.shape).contiguous()
+        reverse, *_ = anneal(chain_start, z_star, betas.flip(0), num_leapfrog, step_size,
+                             target_accept)
+        for key, value in (("lower", log_mean_exp(forward)), ("upper", -log_mean_exp(reverse)),
+                           ("x", x), ("z", z_true)):
+            results[key].append(value)
+    result = {key: torch.cat(values) for key, values in results.items()}
+    result["gap"] = result["upper"] - result["lower"]
+    return result
+
+
+#: at most this many bytes for the points BDMC simulates and returns
+BDMC_BYTES = 2 ** 30

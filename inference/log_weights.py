@@ -85,6 +85,28 @@ def chunks(num_data, num_samples, max_batch_elements):
                    slice(k_start, min(k_start + particle_step, num_samples)))
 
 
+def tile_shapes(num_data, num_samples, max_batch_elements):
+    """{(points, particles): how many tiles of :func:`chunks` have that shape}, counted without
+    listing the tiles (at most four shapes: full or last block of points, full or last block of
+    particles)."""
+    max_batch_elements = int(max_batch_elements)
+    if num_data == 0:
+        return collections.Counter()
+    data_step = min(num_data, points_per_chunk(num_samples, max_batch_elements))
+    particle_step = num_samples if max_batch_elements >= num_samples else max_batch_elements
+    counts = collections.Counter()
+    for points, data_blocks in _blocks(num_data, data_step):
+        for particles, particle_blocks in _blocks(num_samples, particle_step):
+            counts[points, particles] += data_blocks * particle_blocks
+    return counts
+
+
+def _blocks(total, step):
+    """[(size, how many blocks of that size)] of ``total`` items cut into blocks of ``step``."""
+    full, rest = divmod(total, step)
+    return [(size, count) for size, count in ((step, full), (rest, 1)) if size and count]
+
+
 def plate_nesting(model, guide, x):
     """The number of batch dimensions the plates of the model and the guide use (found by
     running them on one data point): the particle plate goes to their left."""
@@ -193,7 +215,9 @@ def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
     if max_batch_elements is None:
         max_batch_elements = default_max_batch_elements(x[0].numel(), x.device)
     scorer = _Scorer(model, guide, x, nesting)
-    tiles = list(chunks(x.shape[0], num_samples, max_batch_elements))
+    # The tiles are counted, not listed: K = 10^9 makes millions of them.
+    shapes = tile_shapes(x.shape[0], num_samples, max_batch_elements)
+    num_tiles = sum(shapes.values())
     if jit is None and _JIT_DEFAULTS:
         jit = _JIT_DEFAULTS[-1]
     insist = jit is True
@@ -201,11 +225,11 @@ def log_weight_chunks(model, guide, x, num_samples, *, max_batch_elements=None,
         # Traced where the weights need no gradients and Pyro's checks (which read values) are
         # off, as in the estimators; a shape that comes once or twice is not worth a trace.
         jit = (not torch.is_grad_enabled() and not is_validation_enabled()
-               and x.device.type != "meta" and len(tiles) > 2)
+               and x.device.type != "meta" and num_tiles > 2)
     traced = _TracedChunks(scorer, proposal, mixture_weight, insist) if jit else None
-    bar = tqdm(tiles, desc="log weights", unit="chunk", leave=False, dynamic_ncols=True,
-               disable=not progress or len(tiles) < 2)
-    shapes = collections.Counter(_tile_shape(tile) for tile in tiles)
+    bar = tqdm(chunks(x.shape[0], num_samples, max_batch_elements), total=num_tiles,
+               desc="log weights", unit="chunk", leave=False, dynamic_ncols=True,
+               disable=not progress or num_tiles < 2)
     for data_slice, particle_slice in bar:
         k = particle_slice.stop - particle_slice.start
         seed_chunk(data_slice.start, particle_slice.start)
