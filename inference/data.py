@@ -23,6 +23,7 @@ import torch
 from pyro import poutine
 
 from models.base.config import ConfigError, DataConfig, RunConfig
+from models.base.device import check_fits
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -30,6 +31,8 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+#: the IDX magic number of MNIST's files: unsigned bytes, 3 dimensions (images) or 1 (labels)
+IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 DATASETS = ("mnist", "mnist-subset", "synthetic")
 BINARIZATIONS = ("dynamic", "static", "none")
 SPLITS = ("train", "validation", "test")
@@ -70,14 +73,43 @@ def read_mnist(data_dir, download=False):
             f"MNIST not found: {raw} lacks {', '.join(missing)}; put the four uncompressed files "
             f"{', '.join(MNIST_FILES)} in <data-dir>/MNIST/raw/ and pass --data-dir (or set "
             "VAE_DATA_DIR), or pass --download to fetch them")
+    for name in MNIST_FILES:
+        check_idx_file(os.path.join(raw, name))
     try:
         train = torchvision.datasets.MNIST(data_dir, train=True, download=False)
         test = torchvision.datasets.MNIST(data_dir, train=False, download=False)
     except Exception as error:
         raise DataError(f"could not read the MNIST files in {raw} (corrupt or truncated?): "
-                        f"{error}") from error
+                        f"{str(error) or type(error).__name__}") from error
     check_mnist(train.data, train.targets, test.data, test.targets)
     return train.data, train.targets, test.data, test.targets
+
+
+def check_idx_file(path):
+    """Refuse an MNIST file whose IDX header is not MNIST's (the magic number of unsigned-byte
+    images, 0x00000803, or labels, 0x00000801) or whose length does not match its header; the
+    message names the file and says what was found and what was expected."""
+    kind = "images" if "-images-" in os.path.basename(path) else "labels"
+    expected = IDX_MAGIC[kind]
+    with open(path, "rb") as handle:
+        header = handle.read(4 + 4 * (expected & 0xFF))
+    if len(header) < 4:
+        raise DataError(f"{path} is {len(header)} bytes long, too short for an IDX file of MNIST "
+                        f"{kind}; replace it with the uncompressed file")
+    magic = int.from_bytes(header[:4], "big")
+    if magic != expected:
+        hint = ("it is gzip-compressed: unpack it with gunzip" if header[:2] == b"\x1f\x8b" else
+                f"it is not an uncompressed MNIST {kind} file: replace it")
+        raise DataError(f"{path}: magic number 0x{magic:08x}, expected 0x{expected:08x} for "
+                        f"{kind}; {hint}")
+    if len(header) < 4 + 4 * (expected & 0xFF):
+        raise DataError(f"{path} ends inside its IDX header; the file is truncated: replace it")
+    dims = [int.from_bytes(header[i:i + 4], "big") for i in range(4, len(header), 4)]
+    needed, size = len(header) + math.prod(dims), os.path.getsize(path)
+    if size != needed:
+        raise DataError(f"{path} is {size} bytes long but its header (" + " x ".join(
+            str(d) for d in dims) + f" {kind}) needs {needed}; the file is truncated or "
+            "corrupt: replace it")
 
 
 def check_mnist(train_images, train_labels, test_images, test_labels):
@@ -369,6 +401,13 @@ def make_synthetic(config):
     data = config.data
     sizes = {"train": data.synthetic_num_train, "validation": 1000, "test": 1000}
     likelihood = LIKELIHOODS.resolve(config.model.likelihood)
+    # The points, their latents and the decoder's output at once, and the story's decoder.
+    num_points, hidden = sum(sizes.values()), 64
+    check_fits(4 * (num_points * (3 * data.synthetic_x_dim + data.synthetic_z_dim)
+                    + (hidden + 1) * (data.synthetic_x_dim + data.synthetic_z_dim + 1)),
+               f"synthetic data of {num_points} points with synthetic_x_dim="
+               f"{data.synthetic_x_dim} and synthetic_z_dim={data.synthetic_z_dim}",
+               "choose smaller --synthetic-x-dim, --synthetic-z-dim or --synthetic-num-train")
     story = synthetic_story(z_dim=data.synthetic_z_dim, x_dim=data.synthetic_x_dim,
                             likelihood=likelihood.name,
                             sigma=likelihood.options.get("sigma", 0.1),

@@ -41,6 +41,15 @@ LOCAL_FLAGS = {"local_steps": "num_steps", "local_learning_rate": "learning_rate
 LOCAL_DEFAULTS = option_defaults(fit_local_guide, ("model", "guide", "x", "progress"))[0]
 
 
+def check_local_flags(args):
+    """Refuse settings of the local fit that cannot fit anything, before any work: fewer than
+    one step or particle, or a step size that is not a positive finite number."""
+    cli.check_positive(args, "local_steps", "local_particles")
+    rate = getattr(args, "local_learning_rate", None)
+    if rate is not None and not 0 < rate < float("inf"):
+        raise ConfigError(f"--local-learning-rate must be a positive finite number, got {rate}")
+
+
 def local_guide(args, opened):
     """The guide the estimators use: the run's own, or a local guide fitted on the points."""
     own = opened.config.model.guide.name
@@ -76,6 +85,7 @@ def evaluate(args, group=None):
     main = group is None or group.is_main
     names = cli.estimator_names(args, default=("elbo", "importance"))
     cli.check_positive(args, "num_samples", "num_data", "ais_chains")
+    check_local_flags(args)
     if args.bdmc is not None and args.bdmc < 0:
         raise ConfigError(f"--bdmc must be 0 or more, got {args.bdmc}")
     options = cli.estimator_options(args, names, also=("ais",) if args.bdmc else ())
@@ -84,7 +94,8 @@ def evaluate(args, group=None):
                           "without torchrun")
     if args.out and main:
         refuse_to_overwrite([args.out, csv_path(args.out)], args.overwrite)
-    opened = cli.open_run(args, device=cli.start(args, group))
+    # Only the first process reads the run (the others may be on machines without it).
+    opened = cli.open_run(args, device=cli.start(args, group), group=group)
     model, x, seed = opened.model, opened.x, 0 if args.seed is None else args.seed
     print(f"{opened.path}: {opened.config.data.dataset} {args.split} split, {x.shape[0]} data "
           f"points, z_dim={opened.config.model.z_dim}, on {opened.device}")

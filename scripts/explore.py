@@ -14,6 +14,7 @@ into the run folder or ``--out``.
 """
 
 import json
+import math
 import os
 import time
 
@@ -62,13 +63,26 @@ def reference_value(model, x):
     return None
 
 
-def evaluation_summaries(args, opened):
-    if args.evaluation:
-        with open(args.evaluation) as handle:
-            return json.load(handle)["estimators"]
+def read_evaluation(path):
+    """The per-estimator summaries of an evaluate.py JSON (``--evaluation``), read before
+    anything is written so that a wrong file is refused first."""
+    try:
+        with open(path) as handle:
+            summaries = json.load(handle)["estimators"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"--evaluation {path} is not a JSON summary written by evaluate.py "
+                          f"--out ({type(error).__name__}: {error}); give such a file or drop "
+                          "the flag") from None
+    if not isinstance(summaries, list):
+        raise ConfigError(f"--evaluation {path} holds no list of estimator summaries; give a JSON "
+                          "written by evaluate.py --out or drop the flag")
+    return summaries
+
+
+def evaluation_summaries(args, opened, names):
     x, _ = opened.dataset.select("test", args.eval_data)
     summaries = []
-    for name in args.estimator or ["elbo", "importance", "prior"]:
+    for name in names:
         pyro.set_rng_seed(args.seed or 0)
         options = {"ais_steps": args.ais_steps} if name == "ais" else {}
         summaries.append(estimate(name, opened.model, opened.guide, x, args.num_samples,
@@ -102,34 +116,63 @@ def write_report(out, run_path, config, summaries, facts, run_dir):
     atomic_write_text(os.path.join(out, "report.html"), text)
 
 
+def check_directions(directions, z_dim):
+    """The two latent dimensions of the manifold figure, checked against the run's z_dim (with
+    one latent dimension, the second is ignored)."""
+    if z_dim == 1:
+        if len(directions) not in (1, 2) or directions[0] != 0:
+            raise ConfigError(f"--directions must start with 0 for a run with one latent "
+                              f"dimension (z_dim = 1), got {directions}")
+        return directions[0], directions[-1]
+    if len(directions) != 2 or not all(0 <= d < z_dim for d in directions) or \
+            directions[0] == directions[1]:
+        raise ConfigError(f"--directions needs two different latent dimensions in 0..{z_dim - 1}, "
+                          f"comma-separated (e.g. 0,1), got {directions}")
+    return tuple(directions)
+
+
 def _main(args):
+    # Every flag is checked before anything is written, so that a refused command leaves no
+    # files behind that would block its corrected rerun.
     cli.check_positive(args, "num_data", "num_prior_samples", "num_samples", "eval_data",
                        "ais_steps")
+    if args.evaluation and args.estimator:
+        raise ConfigError("--estimator chooses the estimators of the report's table, which "
+                          "--evaluation takes from a file instead; give one of them")
+    names = cli.estimator_names(args, default=("elbo", "importance", "prior"))
+    ks = list(args.convergence_k)
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--convergence-k needs one or more positive whole numbers, "
+                          f"comma-separated (e.g. 1,10,100), got {ks}")
+    if args.z is not None and not all(math.isfinite(value) for value in args.z):
+        raise ConfigError(f"--z needs finite numbers, got {args.z}")
+    table = read_evaluation(args.evaluation) if args.evaluation else None
     opened = cli.open_run(args)
     model, guide, dataset = opened.model, opened.guide, opened.dataset
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
     out = args.out or run_dir
-    refuse_to_overwrite([os.path.join(out, name) for name in FIGURES + ("explore.json",
-                                                                        "report.html")],
-                        args.overwrite)
-    os.makedirs(out, exist_ok=True)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a file; give a folder for the figures")
     image_shape = story.image_shape_of(model, opened.config.model.image_shape)
     test, test_labels = dataset.select("test")
     if not 0 <= args.index < test.shape[0]:
         raise ConfigError(f"--index must lie in 0..{test.shape[0] - 1}, got {args.index}")
-    x_one = test[args.index:args.index + 1]
-    label = int(test_labels[args.index])
     z = args.z if args.z is not None else ([0.1, 0.5] + [0.0] * (model.z_dim - 2)
                                            if model.z_dim >= 2 else [0.1])
     if len(z) != model.z_dim:
         raise ConfigError(f"--z needs {model.z_dim} comma-separated values (z_dim = "
                           f"{model.z_dim}), got {len(z)}")
+    directions = check_directions(args.directions, model.z_dim)
+    refuse_to_overwrite([os.path.join(out, name) for name in FIGURES + ("explore.json",
+                                                                        "report.html")],
+                        args.overwrite)
+    x_one = test[args.index:args.index + 1]
+    label = int(test_labels[args.index])
     x_map, labels = dataset.select("test", args.num_data)
     facts = {"run": opened.path, "z_dim": model.z_dim, "index": args.index, "label": label,
              "blueprint_z": ",".join(f"{value:g}" for value in z)}
     seed = args.seed or 0
 
-    ks = list(args.convergence_k)
     progress = tqdm(total=8 + len(ks) * 3, desc="exploring", unit="step",
                     disable=args.no_progress, dynamic_ncols=True)
 
@@ -138,6 +181,16 @@ def _main(args):
             progress.set_postfix_str(name)
         progress.update()
 
+    # The table first: an estimator that cannot score this run is refused before any figure is
+    # written. Its random numbers are its own; the figures draw the same ones as without it.
+    summaries = table
+    if summaries is None:
+        state = pyro.util.get_rng_state()
+        with torch.random.fork_rng(devices=[x_one.device] if x_one.is_cuda else []):
+            summaries = evaluation_summaries(args, opened, names)
+        pyro.util.set_rng_state(state)
+    step("evaluation")
+    os.makedirs(out, exist_ok=True)
     target = os.path.join
     view = story.latent_map(guide, x_map, labels)
     figures.latent_map(view, target(out, "latent_map.png"))
@@ -145,7 +198,7 @@ def _main(args):
     facts.update(story.nearest_labels(story.encoder_means(guide, x_map).cpu(), labels,
                                       torch.tensor(z, dtype=torch.float32)))
     step("latent map")
-    grid = story.latent_grid(model, directions=args.directions, image_shape=image_shape)
+    grid = story.latent_grid(model, directions=directions, image_shape=image_shape)
     figures.manifold(grid, target(out, "manifold.png"))
     facts["manifold_grid"] = grid["description"]
     step("manifold")
@@ -183,8 +236,6 @@ def _main(args):
     pyro.set_rng_seed(seed)
     figures.samples(story.samples(model), image_shape, target(out, "samples.png"))
     step("samples")
-    summaries = evaluation_summaries(args, opened)
-    step("evaluation")
     progress.close()
     atomic_write_json(target(out, "explore.json"), {"facts": facts, "estimators": summaries,
                                                     "curves": curves})
@@ -219,7 +270,7 @@ def make_parser():
     group.add_argument("--ais-steps", type=int, default=100,
                        help="annealing steps of ais in the convergence figure (and the table)")
     table = parser.add_argument_group("evaluation table")
-    table.add_argument("--estimator", type=comma_list(str), default=None,
+    table.add_argument("--estimator", type=comma_list(str), action="append", default=[],
                        help="estimators of the report's table (default elbo,importance,prior)")
     table.add_argument("--num-samples", type=int, default=1000,
                        help="K of the report's evaluation table")

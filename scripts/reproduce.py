@@ -170,9 +170,19 @@ def reproduce(args, group=None):
     apply_preset(args)
     if args.out is None:
         raise ConfigError("give the run folder with --out")
+    cli.check_positive(args, "num_epochs")
+    if args.curve_epochs is not None and not args.curve_epochs:
+        raise ConfigError("--curve-epochs names no epoch; give epochs comma-separated (e.g. "
+                          "1,10,100) or drop the flag for the default (1,2,5,10,... and the last)")
     curve_epochs = args.curve_epochs or default_curve_epochs(args.num_epochs)
     if min(curve_epochs) < 1:
         raise ConfigError(f"--curve-epochs must be positive epochs, got {curve_epochs}")
+    beyond = sorted(epoch for epoch in set(curve_epochs) if epoch > args.num_epochs)
+    if beyond:
+        raise ConfigError(f"--curve-epochs asks for epoch{'s' if len(beyond) > 1 else ''} "
+                          f"{','.join(map(str, beyond))}, beyond the last (--num-epochs "
+                          f"{args.num_epochs}), which would never be scored; drop "
+                          f"{'them' if len(beyond) > 1 else 'it'} or raise --num-epochs")
     curve = LearningCurve(curve_epochs, args.curve_samples, args.curve_data)
     start = time.perf_counter()
     summary = train_script.run_training(args, group, after_epoch=curve)
@@ -206,6 +216,7 @@ def reproduce(args, group=None):
 
 def make_parser():
     parser = train_script.make_parser()
+    parser.prog = os.path.basename(__file__)  # messages start with reproduce.py, not train.py
     parser.description = ("Train and score a model by a published protocol (Burda et al. 2016): "
                           "the preset fills every training flag not given.")
     parser.add_argument("preset", choices=sorted(PRESETS),

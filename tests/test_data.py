@@ -87,6 +87,42 @@ def test_missing_data_folder_names_the_four_files(tmp_path):
         load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path / "nowhere")))
 
 
+def write_mnist_files(root, images=(30, 12)):
+    """Four small files in MNIST's IDX format under root/MNIST/raw/; returns that folder."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, count in zip(("train", "t10k"), images):
+        for kind, shape in (("images-idx3", (count, 28, 28)), ("labels-idx1", (count,))):
+            header = bytes([0, 0, 8, len(shape)]) + b"".join(
+                n.to_bytes(4, "big") for n in shape)
+            data = rng.integers(0, 10, shape).astype(np.uint8).tobytes()
+            (raw / f"{prefix}-{kind}-ubyte").write_bytes(header + data)
+    return raw
+
+
+def test_an_mnist_file_with_a_wrong_header_says_what_was_found_and_expected(tmp_path):
+    raw = write_mnist_files(tmp_path / "a")
+    assert read_mnist(str(tmp_path / "a"))[0].shape == (30, 28, 28)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(bytes(4) + images.read_bytes()[4:])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: magic number 0x00000000, "
+                       r"expected 0x00000803 for images; it is not an uncompressed MNIST"):
+        read_mnist(str(tmp_path / "a"))
+    raw = write_mnist_files(tmp_path / "b")
+    labels = raw / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(b"\x1f\x8b\x08\x08" + labels.read_bytes()[4:])
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte: magic number 0x1f8b0808, "
+                       r"expected 0x00000801 for labels; it is gzip-compressed"):
+        read_mnist(str(tmp_path / "b"))
+    raw = write_mnist_files(tmp_path / "c")
+    images = raw / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte is 9324 bytes long but its "
+                       r"header \(12 x 28 x 28 images\) needs 9424; the file is truncated"):
+        read_mnist(str(tmp_path / "c"))
+
+
 def test_default_data_dir_follows_environment(monkeypatch):
     monkeypatch.delenv("VAE_DATA_DIR", raising=False)
     assert default_data_dir() == "data"

@@ -100,3 +100,53 @@ def test_evaluate_rejects_a_checkpoint_of_another_model(runs, tmp_path, capsys):
     torch.save(checkpoint, tmp_path / "other.pt")
     line = refused(capsys, "evaluate", tmp_path / "other.pt", "--num-data", "2")
     assert "does not fit the model its config describes" in line
+
+
+def test_an_estimator_flag_that_names_no_estimator_is_refused(runs, tmp_path, capsys):
+    for script, out in (("evaluate", tmp_path / "e.json"), ("compare", tmp_path / "cmp"),
+                        ("explore", tmp_path / "fig")):
+        line = refused(capsys, script, runs[0], "--estimator", ",", "--out", out)
+        assert "--estimator names no estimator; valid: ais, elbo" in line, (script, line)
+        assert not out.exists(), script
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--local-steps", "0"], "--local-steps must be at least 1, got 0"),
+    (["--local-particles", "-2"], "--local-particles must be at least 1, got -2"),
+    (["--local-learning-rate", "0"], "--local-learning-rate must be a positive finite number"),
+    (["--local-learning-rate", "nan"], "--local-learning-rate must be a positive finite number"),
+    (["--local-learning-rate", "inf"], "--local-learning-rate must be a positive finite number"),
+])
+def test_evaluate_refuses_a_local_fit_that_fits_nothing(runs, tmp_path, capsys, flags, message):
+    out = tmp_path / "local.json"
+    line = refused(capsys, "evaluate", runs[0], "--guide", "local", *flags, "--num-data", "2",
+                   "--out", out)
+    assert message in line
+    assert not out.exists()
+
+
+def test_explore_checks_every_flag_before_it_writes_a_file(runs, tmp_path, capsys):
+    out = tmp_path / "fig"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"run": "elsewhere"}')
+    for flags, message in (
+            (["--convergence-k", "0,10"], "--convergence-k needs one or more positive whole"),
+            (["--convergence-k", ","], "--convergence-k needs one or more positive whole"),
+            (["--directions", "0"], "--directions needs two different latent dimensions in "
+                                    "0..1, comma-separated (e.g. 0,1), got [0]"),
+            (["--directions", "1,1"], "--directions needs two different latent dimensions"),
+            (["--directions", "0,2"], "--directions needs two different latent dimensions"),
+            (["--z", "nan,0"], "--z needs finite numbers"),
+            (["--estimator", "harmonic"], "unknown estimator 'harmonic'"),
+            (["--estimator", "exact"], "linear"),
+            (["--evaluation", tmp_path / "absent.json"], "absent.json"),
+            (["--evaluation", bad], "is not a JSON summary written by evaluate.py"),
+            (["--evaluation", bad, "--estimator", "elbo"], "give one of them")):
+        line = refused(capsys, "explore", runs[0], *flags, "--out", out, "--no-progress")
+        assert message in line, (flags, line)
+        assert not out.exists(), flags
+    # The corrected command runs: nothing of the refused ones is in its way.
+    run_main("explore", runs[0], "--convergence-k", "1,10", "--directions", "1,0", "--out", out,
+             "--num-data", "50", "--num-prior-samples", "50", "--ais-steps", "2",
+             "--eval-data", "5", "--num-samples", "5", "--no-progress")
+    assert (out / "report.html").is_file() and (out / "convergence.png").is_file()

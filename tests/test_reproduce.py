@@ -180,6 +180,21 @@ def test_reproduce_refuses_what_it_cannot_do(tmp_path, capsys):
     assert "give the run folder with --out" in refused(capsys, "reproduce", "burda-vae", *TINY)
 
 
+def test_reproduce_speaks_as_itself_and_refuses_curve_epochs_never_scored(tmp_path, capsys):
+    out = tmp_path / "run"
+    line = refused(capsys, "reproduce", "burda-vae-short", *TINY, "--num-epochs", "3",
+                   "--curve-epochs", "1,5,10", "--out", out)
+    assert line.startswith("reproduce.py: error: --curve-epochs asks for epochs 5,10, beyond the "
+                           "last (--num-epochs 3)"), line
+    assert not out.exists()  # refused before the training starts
+    line = refused(capsys, "reproduce", "burda-vae-short", *TINY, "--curve-epochs", ",",
+                   "--out", out)
+    assert line.startswith("reproduce.py: error: --curve-epochs names no epoch"), line
+    line = refused(capsys, "reproduce", "burda-vae-short", *TINY, "--num-epochs", "x")
+    assert line.startswith("reproduce.py: error: argument --num-epochs"), line
+    assert not out.exists()
+
+
 def test_the_report_puts_runs_beside_the_published_numbers(tmp_path, capsys):
     runs = {}
     for preset in ("burda-vae-short", "burda-iwae5-short"):

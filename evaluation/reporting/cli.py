@@ -407,8 +407,13 @@ def _show(value):
 
 def estimator_names(args, default):
     """The estimators ``--estimator`` names, in order, without repeats; an unknown name lists the
-    valid ones."""
+    valid ones. ``--estimator`` given with no name in it (``--estimator ,``) is an error, not the
+    default."""
     names = [name for value in args.estimator for name in value]
+    if args.estimator and not names:
+        raise ConfigError(f"--estimator names no estimator; valid: {ESTIMATORS.names()}; give "
+                          f"one or more, comma-separated, or drop the flag for the default "
+                          f"({','.join(default)})")
     for name in names:
         ESTIMATORS.get(name)
     return list(dict.fromkeys(names)) or list(default)
@@ -507,13 +512,15 @@ def trusted_parts(args):
             if isinstance(getattr(args, family, None), str) and ":" in getattr(args, family)}
 
 
-def open_run(args, path=None, device=None):
+def open_run(args, path=None, device=None, group=None):
     """:func:`start`, then load the run at ``path`` (default ``args.run``) with ``--data-dir``
-    and select the first ``--num-data`` points of ``--split`` (where the script has them)."""
-    device = device if device is not None else start(args)
+    and select the first ``--num-data`` points of ``--split`` (where the script has them). In a
+    ``group`` of processes the first reads the checkpoint and gives it to the others (only its
+    machine needs the run folder); each reads the data itself."""
+    device = device if device is not None else start(args, group)
     path = path if path is not None else args.run
     model, guide, dataset, config, checkpoint = load_run(
-        path, device, getattr(args, "data_dir", None), trust=trusted_parts(args))
+        path, device, getattr(args, "data_dir", None), trust=trusted_parts(args), group=group)
     run = OpenRun(model, guide, dataset, config, checkpoint, device)
     if hasattr(args, "split"):
         run.x, run.labels = dataset.select(args.split, args.num_data)
