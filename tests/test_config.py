@@ -148,7 +148,9 @@ def test_version_1_checkpoints_load_with_their_settings_converted():
     assert checkpoint["config"].data.dataset == "synthetic"
 
 
-@pytest.mark.parametrize("run, estimators, tolerance", [("run", "elbo,importance", 1e-9),
+# float32 weights of -14 nats: CPUs with other vector instructions (AVX2, AVX-512) round their
+# matrix products differently in the last bits (4e-8 seen), so 1e-6 rather than 1e-9.
+@pytest.mark.parametrize("run, estimators, tolerance", [("run", "elbo,importance", 1e-6),
                                                         ("parts", "importance", 0.05)])
 def test_version_1_runs_evaluate_to_the_numbers_that_version_gave(
         run, estimators, tolerance, tmp_path):
