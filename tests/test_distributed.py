@@ -240,7 +240,10 @@ def test_two_processes_give_the_gradient_of_one():
         expected = _gradients(x, 1000, **settings)
         for rank in range(2):
             for got, want in zip(gradients[rank][index], expected):
-                assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), settings
+                # float32 sums of per-point gradients of size 10-100, added in another order
+                # by two processes: they agree to about 1e-5 relative; the gradient of one
+                # share alone (below) differs by more than 1e-3.
+                assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), settings
         # Not the gradient of one share alone.
         alone = _gradients(x[:4], 1000, **settings)
         assert not all(torch.allclose(a, b, rtol=1e-3) for a, b in zip(alone, expected))
