@@ -1,10 +1,9 @@
 """Open a trained run: its model and guide rebuilt from the checkpoint, and its data set."""
 
 import dataclasses
-import os
 
 from inference.build import resolve
-from inference.checkpoint import load_checkpoint, restore
+from inference.checkpoint import load_checkpoint, restore, run_folder_of
 from inference.data import load_dataset
 from models.base.registry import refuse_imports_from
 
@@ -47,6 +46,6 @@ def shared_checkpoint(path, group, trust=()):
     shared = group.from_main("read the run's checkpoint", read)
     # The first process allowed the parts the run names (``trust``); as there, no module is
     # imported from a run folder of that name, should this machine hold one.
-    with refuse_imports_from(os.path.dirname(os.path.abspath(shared["path"]))):
+    with refuse_imports_from(run_folder_of(shared["path"])):
         shared["config"] = resolve(shared["config"])
     return shared
