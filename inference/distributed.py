@@ -22,6 +22,7 @@ raise (:func:`raise_collective_errors`); docs/distributed.md says where it canno
 
 import datetime
 import gc
+import inspect
 import math
 import os
 
@@ -191,3 +192,21 @@ def shutdown(group):
     # process (SIGABRT, "terminate called without an active exception"). Free it now.
     gc.collect()
     dist.destroy_process_group()
+
+
+def data_parallel(module, device_ids=None):
+    """``module`` (the loss of the model and the guide) wrapped in ``DistributedDataParallel``
+    of the default process group: rank 0's parameters and buffers are copied to every process
+    now, the gradients are averaged during each backward pass, and the buffers (constants of
+    the model and the guide) are not broadcast again before each forward pass.
+
+    torch 2.13 says the last with ``forward_sync_buffers=False``; the torch releases before it,
+    which the package accepts (``torch>=2.1``), lack that keyword, and their
+    ``broadcast_buffers=False`` (deprecated since 2.13) also skips the copy of the buffers at
+    construction, which is then made here."""
+    wrapper = torch.nn.parallel.DistributedDataParallel
+    if "forward_sync_buffers" in inspect.signature(wrapper.__init__).parameters:
+        return wrapper(module, device_ids=device_ids, forward_sync_buffers=False)
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+    return wrapper(module, device_ids=device_ids, broadcast_buffers=False)

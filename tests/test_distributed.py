@@ -27,6 +27,7 @@ from inference.distributed import ProcessGroup
 from inference.log_weights import chunk_seeds
 from inference.runs import load_run
 from inference.training import TrainingStep, forget_stale_params
+from inference.training.gradients import DistributedGradients
 
 TINY_TRAINING = ["--dataset", "mnist-subset", "--z-dim", "2", "--hidden-dims", "16",
                  "--batch-size", "250", "--no-progress", "--device", "cpu"]
@@ -128,7 +129,7 @@ def test_a_failed_nccl_collective_stops_the_process_with_one_line(monkeypatch):
     config = small_config(jit=False)
     model, guide = build(config)
     step = TrainingStep(model, guide, config.training, log=lambda *_: None)
-    step.parallel, step.group = lost, group   # as DistributedDataParallel raises it
+    step.gradients = DistributedGradients(step.loss, group, parallel=lost)   # as DDP raises
     with pytest.raises(distributed.ProcessGroupFailed, match="while averaging gradients"):
         step(torch.zeros(4, 50), 100, 1.0, 0.5)
 
@@ -247,6 +248,57 @@ def test_two_processes_give_the_gradient_of_one():
         # Not the gradient of one share alone.
         alone = _gradients(x[:4], 1000, **settings)
         assert not all(torch.allclose(a, b, rtol=1e-3) for a, b in zip(alone, expected))
+
+
+class _Torch21Parallel:
+    """DistributedDataParallel as torch 2.1, the oldest torch the package accepts, takes it:
+    the parameters of its ``__init__``, copied from torch 2.1 (no ``forward_sync_buffers``)."""
+
+    def __init__(self, module, device_ids=None, output_device=None, dim=0,
+                 broadcast_buffers=True, process_group=None, bucket_cap_mb=25,
+                 find_unused_parameters=False, check_reduction=False,
+                 gradient_as_bucket_view=False, static_graph=False):
+        self.module = module
+        self.given = {"device_ids": device_ids, "broadcast_buffers": broadcast_buffers}
+
+
+class _Torch213Parallel:
+    """The buffer keywords of DistributedDataParallel from torch 2.13 on."""
+
+    def __init__(self, module, device_ids=None, broadcast_buffers=None, init_sync=True,
+                 forward_sync_buffers=None):
+        self.module = module
+        self.given = {"device_ids": device_ids, "broadcast_buffers": broadcast_buffers,
+                      "forward_sync_buffers": forward_sync_buffers}
+
+
+@pytest.mark.parametrize("wrapper", [_Torch21Parallel, _Torch213Parallel],
+                         ids=["torch2.1", "torch2.13"])
+def test_the_training_step_wraps_its_loss_on_every_torch_the_package_accepts(
+        monkeypatch, wrapper):
+    """setup.cfg accepts torch>=2.1: a keyword of a later torch would be a TypeError there. On
+    torch before 2.13, rank 0's buffers are broadcast once and then never again, which is what
+    forward_sync_buffers=False does from 2.13 on."""
+    broadcast = []
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", wrapper)
+    monkeypatch.setattr(torch.distributed, "broadcast",
+                        lambda tensor, src: broadcast.append((tensor, src)))
+    config = small_config()
+    model, guide = build(config)
+    step = TrainingStep(model, guide, config.training, log=pytest.fail,
+                        group=ProcessGroup(0, 2, 0, torch.device("cpu")))
+    assert isinstance(step.parallel, wrapper)
+    assert set(step.parallel.module.parameters()) == set(step.params)
+    buffers = list(step.parallel.module.buffers())
+    assert len(buffers) >= 2                     # the standard prior's loc and scale
+    if wrapper is _Torch21Parallel:
+        assert step.parallel.given == {"device_ids": None, "broadcast_buffers": False}
+        assert [(id(tensor), src) for tensor, src in broadcast] == [(id(b), 0) for b in buffers]
+    else:
+        # broadcast_buffers is left out: torch 2.13 warns that it is deprecated.
+        assert step.parallel.given == {"device_ids": None, "broadcast_buffers": None,
+                                       "forward_sync_buffers": False}
+        assert broadcast == []
 
 
 # ---------------------------------------------------------------------------------------------

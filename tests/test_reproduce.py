@@ -141,7 +141,7 @@ def test_reproduce_split_by_a_time_budget_and_a_lost_curve_row_are_repaired(tmp_
     reproduce = load_script("reproduce")
     # The time budget stops after the first epoch (each epoch seems to take an hour).
     clock = iter(range(0, 10 ** 7, 3600))
-    monkeypatch.setattr("inference.training.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("inference.training.loop.time.perf_counter", lambda: next(clock))
     summary = run_main("reproduce", "burda-vae-short", *TINY, "--num-epochs", "3",
                        "--curve-epochs", "1,3", "--time-budget", "90", "--out", out)
     monkeypatch.undo()

@@ -143,16 +143,30 @@ def test_subnormal_running_averages_are_set_to_zero_and_nothing_else():
 def test_training_flushes_the_optimizer_every_flush_every_steps(tmp_path, monkeypatch):
     config = small_config(num_epochs=2)
     calls = []
-    monkeypatch.setattr("inference.training.FLUSH_EVERY", 3)
+    monkeypatch.setattr("inference.training.callbacks.FLUSH_EVERY", 3)
     monkeypatch.setattr(TrainingStep, "flush_subnormals", lambda self: calls.append(1))
     train(config, tmp_path)
     num_batches = math.ceil(len(load_dataset(config, torch.device("cpu")).train) / 100)
     assert num_batches >= 3 and len(calls) == 2 * (num_batches // 3)
 
 
-def test_jit_trace_elbo_trains(tmp_path):
-    _, _, _, summary = train(small_config(num_epochs=1, jit=True, batch_size=128), tmp_path)
-    assert torch.isfinite(torch.tensor(summary["test_elbo"]))
+def test_jit_training_gives_the_elbos_of_eager_training(tmp_path):
+    """The same seed and data with and without the JIT: the same per-epoch training and
+    validation ELBOs and test ELBO. Measured on the CPU (torch 2.14): equal to the last digit;
+    the tolerance leaves room for float32 operations that the JIT fuses or reorders."""
+    elbos = {}
+    for jit in (True, False):
+        pyro.clear_param_store()
+        out_dir = tmp_path / ("jit" if jit else "eager")
+        _, _, _, summary = train(small_config(num_epochs=2, jit=jit, batch_size=100), out_dir)
+        with open(out_dir / "metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        elbos[jit] = [float(row[key]) for row in rows
+                      for key in ("train_elbo", "validation_elbo")] + [summary["test_elbo"]]
+    assert len(elbos[True]) == 5
+    assert elbos[True] == pytest.approx(elbos[False], rel=1e-5, abs=0)
+    # The two epochs trained: the numbers compared are not those of an untrained model.
+    assert elbos[False][2] > elbos[False][0] + 1.0
 
 
 class _OnCuda1(torch.Tensor):
