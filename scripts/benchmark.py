@@ -13,16 +13,18 @@ computation, measured side by side in one process.
   a value, data-dependent shapes), counted per training step and per evaluation chunk. On a CPU
   nothing waits, but the same operations would on a GPU, so they are counted here too.
 
-It prints a table, writes the numbers as JSON (``--out``) and appends a Markdown table to
-``--markdown`` (default ``docs/benchmarks.md``). Times are wall-clock seconds on this machine;
-compare ratios across machines, absolute times only on the same device::
+It prints its tables to stdout and writes no file unless told to: the numbers as JSON to
+``--out``, and a dated Markdown section to ``--markdown``, appended to the end of that file
+(made if absent; what it held is kept, and the file is replaced atomically, so an interrupted
+run leaves it as it was). Times are wall-clock seconds on this machine; compare ratios across
+machines, absolute times only on the same device::
 
     python scripts/benchmark.py --quick              # about a minute on two CPU cores
     python scripts/benchmark.py --device cuda --data-dir ../data
+    python scripts/benchmark.py --quick --markdown docs/results/benchmarks/history.md
 """
 
 import math
-import os
 import platform
 import statistics
 import time
@@ -40,16 +42,18 @@ from evaluation.diagnostics import WeightSummary
 from inference.log_weights import (chunk_jit, chunks, default_max_batch_elements,
                                    log_weight_chunks)
 from inference.training import TrainingStep, adam
+from inference.training.gradients import LossGradients
 from models.base.cli import comma_list, entry_point
 from models.base.config import ConfigError, RunConfig
-from models.base.io import atomic_write_json
+from models.base.device_syncs import SyncCounter
+from models.base.io import atomic_write_json, atomic_write_text
 
 NUM_DATA = 50000   # the training split of MNIST: the N of the minibatch scale, and one epoch
 #: how the project's step computes its loss: jit (train.py's default; on CUDA its loss and
 #: gradients replay a CUDA graph), no-graph (--no-cuda-graph: the JIT without the graph), plain
-#: (--no-jit), and two alternatives measured but not used by train.py: torch.compile of the
-#: plain loss, and the whole step, Adam included, captured in one CUDA graph (CUDA only)
-VARIANTS = ("jit", "no-graph", "plain", "compile", "cuda-graph")
+#: (--no-jit), and an alternative measured but not used by train.py: the step's gradients from
+#: torch.compile of the plain loss. Every variant is inference.training.TrainingStep.
+VARIANTS = ("jit", "no-graph", "plain", "compile")
 
 
 class HandVAE(torch.nn.Module):
@@ -134,34 +138,6 @@ def interleaved(functions, blocks, device):
     return seconds
 
 
-#: operations that make the host wait for a GPU: reading a value back, or a result whose shape
-#: depends on the values
-READS = ("_local_scalar_dense", "is_nonzero", "equal")
-DATA_DEPENDENT = ("nonzero", "masked_select", "unique", "_unique2", "unique_consecutive")
-
-
-class SyncCounter(TorchDispatchMode):
-    """Counts the operations that would make the host wait for a GPU while it is active: reads
-    of floating-point or boolean values (``.item()``, ``bool()``), and results whose shape
-    depends on the values. Reads of integer scalars are left out: the JIT's graphs turn tensor
-    shapes into such scalars, which live on the host on every device. So are reads made while
-    the JIT traces: they are of the tracer's own shape tensors, on the host (a read of a
-    model's values there stops the trace, see ``inference.log_weights.strict_tracing``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split(".")[0]
-        tracing = torch._C._get_tracing_state() is not None
-        if not tracing and (name in DATA_DEPENDENT or (
-                name in READS and args and torch.is_tensor(args[0]) and (
-                    args[0].is_floating_point() or args[0].dtype == torch.bool))):
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 class PeakMemory(TorchDispatchMode):
     """The most memory a block holds above what it started with: on CUDA the allocator's peak;
     on the CPU the heap in use (glibc's ``mallinfo2``: small blocks plus mmapped ones), sampled
@@ -224,7 +200,7 @@ def training_benchmark(args, device, dataset, batch_size, variant):
     config = resolve(RunConfig.from_dict({
         "model": {"x_dim": dataset.x_dim, "z_dim": args.z_dim,
                   "architecture": {"name": "mlp", "options": {"hidden_dims": args.hidden_dims}}},
-        "training": {"batch_size": batch_size, "jit": variant != "plain",
+        "training": {"batch_size": batch_size, "jit": variant in ("jit", "no-graph"),
                      "cuda_graph": None if variant == "jit" else False}}))
     pyro.clear_param_store()
     model, guide = build(config)
@@ -234,12 +210,10 @@ def training_benchmark(args, device, dataset, batch_size, variant):
     step = TrainingStep(model, guide, config.training, log=lambda line: None)
     hand_optimizer = adam(hand.parameters(), config.training.learning_rate)
     if variant == "compile":
-        step = compiled_step(step, model, guide, config)
+        step = compiled_step(step, model, guide)
     batches = [dataset.train.data(torch.randint(0, len(dataset.train), (batch_size,),
                                                 device=device))
                for _ in range(args.steps)]
-    if variant == "cuda-graph":
-        step = cuda_graph_step(step, batches[0], device)
 
     def hand_step(x):
         hand_optimizer.zero_grad(set_to_none=True)
@@ -271,50 +245,14 @@ def training_benchmark(args, device, dataset, batch_size, variant):
             "epoch_seconds_estimate": math.ceil(NUM_DATA / batch_size) * ours["median"]}
 
 
-def compiled_step(step, model, guide, config):
-    """The step with its (plain) loss compiled by ``torch.compile``: measured as an alternative
-    to the JIT, not used by train.py."""
-    loss = step.objective.loss_function(jit=False)
-    compiled = torch.compile(lambda x, num_data: loss(model, guide, x, num_data=num_data))
-
-    def run(x, num_data):
-        step.optimizer.zero_grad(set_to_none=True)
-        with pyro.validation_enabled(False):
-            value = compiled(x, num_data)
-            value.backward()
-        step.optimizer.step()
-        return value.detach()
-
-    return run
-
-
-def cuda_graph_step(step, example, device):
-    """The whole step (JIT-compiled loss, backward, fused Adam) captured once in a CUDA graph
-    and replayed on a static input buffer: measured on CUDA as an alternative, not used by
+def compiled_step(step, model, guide):
+    """The project's training step with its gradients taken from the plain loss compiled by
+    ``torch.compile`` instead of the JIT's graph: measured as an alternative, not used by
     train.py."""
-    if device.type != "cuda":
-        raise ValueError("a CUDA graph needs --device cuda")
-    params = [p for group in step.optimizer.param_groups for p in group["params"]]
-    step.optimizer = torch.optim.Adam(params, lr=step.optimizer.param_groups[0]["lr"],
-                                      fused=True, capturable=True)
-    static_x = example.clone()
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(static_x, NUM_DATA)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    step.optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        static_loss = step(static_x, NUM_DATA)
-
-    def run(x, num_data):
-        static_x.copy_(x)
-        graph.replay()
-        return static_loss
-
-    return run
+    loss = step.loss.plain_loss
+    compiled = torch.compile(lambda x, num_data: loss(model, guide, x, num_data=num_data))
+    step.gradients = LossGradients(lambda x, num_data, kl_weight: compiled(x, num_data))
+    return step
 
 
 def epoch_benchmark(args, device, dataset, batch_size):
@@ -467,6 +405,19 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
+def append_markdown(path, text):
+    """Add ``text`` at the end of the file ``path`` (made if absent), after a blank line. What
+    it held is kept byte for byte: the old text and the new go to a temporary file that then
+    replaces ``path`` (``models.base.io``), so an interrupted run leaves the file as it was."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            earlier = handle.read()
+    except FileNotFoundError:
+        earlier = ""
+    separator = "" if not earlier else "\n" if earlier.endswith("\n") else "\n\n"
+    atomic_write_text(path, earlier + separator + text)
+
+
 def _main(args):
     cli.check_positive(args, "blocks", "steps", "eval_blocks", "eval_data")
     for name in args.variants:
@@ -521,10 +472,8 @@ def _main(args):
     if args.out:
         atomic_write_json(args.out, report)
     if args.markdown:
-        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
-        with open(args.markdown, "a") as handle:     # appended: earlier results are kept
-            handle.write("\n" + markdown(report))
-        print(f"appended the table to {args.markdown}")
+        append_markdown(args.markdown, markdown(report))
+        print(f"appended the tables to {args.markdown}")
     return report
 
 
@@ -542,8 +491,8 @@ def make_parser():
     group.add_argument("--variants", type=comma_list(str), default=["jit"],
                        help="losses of the project's step: jit (the default of train.py; on "
                        "CUDA with its CUDA graph), no-graph (--no-cuda-graph), plain (--no-jit), "
-                       "compile (torch.compile), cuda-graph (the whole step, Adam included, in "
-                       "one CUDA graph); jit and plain also time the estimate with its chunks "
+                       "compile (torch.compile of the plain loss); jit and plain also time the "
+                       "estimate with its chunks "
                        "traced by the JIT (the estimators' default) and without")
     group.add_argument("--blocks", type=int, default=7, help="interleaved blocks of training")
     group.add_argument("--steps", type=int, default=30, help="training steps per block")
@@ -553,8 +502,9 @@ def make_parser():
     group.add_argument("--z-dim", type=int, default=50)
     group.add_argument("--hidden-dims", type=comma_list(int), default=[512, 256])
     group.add_argument("--out", default=None, help="write the numbers here as JSON")
-    group.add_argument("--markdown", default=os.path.join("docs", "benchmarks.md"),
-                       help="append a Markdown table to this file ('' for none)")
+    group.add_argument("--markdown", default=None,
+                       help="append the tables, as a dated Markdown section, to the end of this "
+                       "file (made if absent; its text is kept); none without it")
     cli.add_data_flags(parser, source=False)
     cli.add_common_flags(parser)
     return parser

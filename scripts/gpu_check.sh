@@ -23,7 +23,7 @@ timeout 150 "$python" -m pytest -q -m gpu -p no:cacheprovider --junitxml="$out/t
     > "$out/tests.txt" 2>&1 || status=1
 tail -n 3 "$out/tests.txt"
 
-benchmark=(scripts/benchmark.py --device cuda --variants jit,no-graph,plain,cuda-graph
+benchmark=(scripts/benchmark.py --device cuda --variants jit,no-graph,plain
            --out "$out/benchmark.json" --markdown "$out/benchmarks.md")
 if [ -n "$data" ]; then
     benchmark+=(--data-dir "$data")

@@ -4,6 +4,7 @@ chunk, the data still checked (once), a clear fallback, the time budget, device 
 checked on the CPU, and the benchmark script itself. No timings are asserted."""
 
 import json
+import os
 
 import pyro
 import pyro.distributions as dist
@@ -11,7 +12,7 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from conftest import load_script, run_main, small_config
+from conftest import ROOT, load_script, run_main, small_config
 from evaluation.diagnostics import WeightSummary
 from evaluation.estimators import estimate
 from inference.build import build
@@ -19,6 +20,7 @@ from inference.data import load_dataset
 from inference import log_weights as log_weights_module
 from inference.log_weights import chunk_seeds, log_importance_weights, log_weight_chunks
 from inference.training import TrainingStep, fit, parameters
+from models.base.device_syncs import SyncCounter
 from models.priors import Prior
 
 PRIORS = ("standard", "mog", "vamp", "flow")
@@ -100,10 +102,6 @@ def test_a_model_the_jit_cannot_trace_falls_back_with_a_message(monkeypatch):
         step(data("bernoulli"), 160)
 
 
-def sync_counter():
-    return load_script("benchmark").SyncCounter()
-
-
 def test_cuda_graphs_are_for_cuda_and_the_jit_and_say_so_when_insisted_on_elsewhere():
     config = small_config()
     model, guide = build(config)
@@ -126,24 +124,41 @@ def test_no_host_device_synchronization_inside_a_step_or_an_evaluation_chunk():
         step = TrainingStep(model, guide, config.training)
         x = data("bernoulli")
         step(x, 160)                                # the trace, outside the count
-        counter = sync_counter()
+        counter = SyncCounter()
         with counter:
             for _ in range(3):
                 step(x, 160)
         assert counter.count == 0, jit
     for jit in (False, True):
         summary = WeightSummary(x.shape[0], 300)
-        counter = sync_counter()
+        counter = SyncCounter()
         with torch.no_grad(), pyro.validation_enabled(False), counter:
             for chunk_data, _, log_weights in log_weight_chunks(
                     model, guide, x, 300, max_batch_elements=1000, jit=jit):
                 summary.update(chunk_data, log_weights)
         assert counter.count == 0, jit
     # The counter does see a read: it can fail.
-    counter = sync_counter()
+    counter = SyncCounter()
     with counter:
         torch.ones(2).sum().item()
     assert counter.count == 1
+
+
+def test_the_sync_counter_counts_value_reads_and_data_dependent_shapes_only():
+    counter = SyncCounter()
+    x = torch.tensor([0.0, 1.0, 2.0])
+    with counter:
+        bool(x.sum() > 0)                          # a read of a boolean
+        x.nonzero()                                # a shape that depends on the values
+        x.masked_select(x > 0)                     # the same, through a mask
+        torch.ones(2, dtype=torch.long).sum().item()   # an integer read: host-side shapes
+        (x * 2).exp()                              # no read
+    assert counter.count == 3
+    # The benchmark counts with the library's class: no copy of it is left in the script.
+    benchmark = load_script("benchmark")
+    assert benchmark.SyncCounter is SyncCounter
+    with open(benchmark.__file__) as handle:
+        assert "class SyncCounter" not in handle.read()
 
 
 def chunked_weights(model, guide, x, num_samples, jit, proposal="guide", seed=11):
@@ -304,13 +319,49 @@ def test_the_device_check_catches_a_tensor_made_on_the_cpu():
         log_importance_weights(model, guide, torch.empty(4, 50, device="meta"), 3, nesting=1)
 
 
-def test_benchmark_runs_quick_on_a_tiny_configuration(tmp_path, capsys):
-    out, markdown = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+#: the smallest benchmark: a few steps of a tiny network, an estimate of 3 points
+TINY_BENCHMARK = ("--quick", "--batch-sizes", "16", "--num-samples", "30", "--eval-data", "3",
+                  "--blocks", "2", "--steps", "3", "--eval-blocks", "1", "--hidden-dims", "16",
+                  "--z-dim", "2", "--device", "cpu")
+#: where the benchmark's results are kept in the repository: it must not write there untold
+BENCHMARK_DOCS = (os.path.join(ROOT, "docs", "benchmarks.md"),
+                  os.path.join(ROOT, "docs", "results", "benchmarks"))
+
+
+def files_and_times(paths):
+    """{path: (bytes, mtime in ns)} of every file at or under ``paths``."""
+    found = {}
+    for path in paths:
+        files = [path] if os.path.isfile(path) else [
+            os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names]
+        for name in files:
+            with open(name, "rb") as handle:
+                found[name] = (handle.read(), os.stat(name).st_mtime_ns)
+    return found
+
+
+def test_benchmark_writes_nothing_untold_and_markdown_only_where_asked(tmp_path, monkeypatch,
+                                                                       capsys):
+    """Without --out and --markdown the benchmark prints its tables and writes no file: not
+    into the repository's docs, nor into the folder it runs in. --markdown appends to the file
+    it names, keeping what the file held."""
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)                 # a file written to a relative default lands here
+    before = files_and_times(BENCHMARK_DOCS)
+    assert os.path.join(ROOT, "docs", "benchmarks.md") in before
+    report = run_main("benchmark", *TINY_BENCHMARK, "--variants", "jit")
+    printed = capsys.readouterr().out
+    assert "| batch | loss | project ms/step |" not in printed     # no Markdown, and no file
+    assert "project ms/step" in printed and "appended" not in printed
+    assert files_and_times(BENCHMARK_DOCS) == before
+    assert list(here.iterdir()) == []
+    assert [row["variant"] for row in report["training"]] == ["jit"]
+
+    out, markdown = tmp_path / "bench.json", tmp_path / "x.md"
     markdown.write_text("# earlier results\n")
-    report = run_main("benchmark", "--quick", "--batch-sizes", "16", "--num-samples", "30",
-                      "--eval-data", "3", "--blocks", "2", "--steps", "3", "--eval-blocks", "1",
-                      "--hidden-dims", "16", "--z-dim", "2", "--variants", "jit,plain",
-                      "--device", "cpu", "--out", out, "--markdown", markdown)
+    report = run_main("benchmark", *TINY_BENCHMARK, "--variants", "jit,plain", "--out", out,
+                      "--markdown", markdown)
     written = json.loads(out.read_text())
     assert [row["variant"] for row in written["training"]] == ["jit", "plain"]
     for row in report["training"]:
@@ -320,9 +371,24 @@ def test_benchmark_runs_quick_on_a_tiny_configuration(tmp_path, capsys):
         assert evaluation["syncs_per_chunk"] == 0 and evaluation["num_samples"] == 30
     assert report["environment"]["threads"] == torch.get_num_threads()
     text = markdown.read_text()
-    assert text.startswith("# earlier results\n")         # appended, nothing lost
+    assert text.startswith("# earlier results\n\n## ")          # appended, nothing lost
     assert "| batch | loss | project ms/step |" in text and "| K | chunks | points |" in text
-    assert "ratio" in capsys.readouterr().out
+    assert f"appended the tables to {markdown}" in capsys.readouterr().out
+    assert files_and_times(BENCHMARK_DOCS) == before
+    assert list(here.iterdir()) == []
+
+
+def test_benchmark_markdown_appends_to_a_file_it_makes_and_keeps_what_it_held(tmp_path):
+    benchmark = load_script("benchmark")
+    path = tmp_path / "new" / "history.md"
+    benchmark.append_markdown(str(path), "## one\n")
+    assert path.read_text() == "## one\n"                # made, with its folder
+    benchmark.append_markdown(str(path), "## two\n")
+    assert path.read_text() == "## one\n\n## two\n"
+    path.write_text("no newline at the end")
+    benchmark.append_markdown(str(path), "## three\n")
+    assert path.read_text() == "no newline at the end\n\n## three\n"
+    assert sorted(os.listdir(path.parent)) == ["history.md"]     # no temporary file left
 
 
 @pytest.mark.parametrize("prior", PRIORS)
