@@ -3,8 +3,9 @@
 Every estimator has the signature ``fn(model, guide, x, num_samples, **options)`` and returns an
 :class:`Estimate` with one value and one standard error per data point; its options are its
 keyword parameters, with their defaults. ``ESTIMATORS`` maps the command-line names to them
-(``ESTIMATORS.register(name, fn)`` adds one of your own); :func:`estimate` looks a name up,
-refuses options the estimator does not take, and times it.
+(``ESTIMATORS.register(name, fn)`` adds one of your own in Python; ``module:function`` names one
+on the command line); :func:`estimate` looks a name up, refuses options the estimator does not
+take, and times it.
 
 ========== =========================================================== ==========================
 name       log p-hat(x_n)                                              assumes / costs
@@ -209,16 +210,29 @@ class EstimatorRegistry(Registry):
     """The estimators by name. Members are functions ``fn(model, guide, x, num_samples,
     **options) -> Estimate``; ``deterministic`` ones ignore K.
 
+    Besides the registered names, ``module:function`` names a user's own estimator, imported
+    from ``module`` (on the Python path or in the working directory) when the name is looked
+    up: by a script, only for a name given on its command line, never one read from a file.
+
     ``chunking[name](model, x, num_samples, max_batch_elements)`` is the number of data points
     of the estimator's chunks (which start at the first point): several processes then score
     whole chunks each and get the numbers of one process. An estimator without it runs in the
     first process only."""
 
+    custom_form = "module:function"
+
     def __init__(self, entries, deterministic=(), chunking=None):
-        super().__init__("estimator", entries,
+        super().__init__("estimator", entries, allow_custom=True,
                          context=("model", "guide", "x", "num_samples", "progress"))
         self.deterministic = set(deterministic)
         self.chunking = dict(chunking or {})
+
+    def get(self, name):
+        member = super().get(name)
+        if inspect.isclass(member) or not callable(member):
+            raise ConfigError(f"the estimator {name!r} must be a function fn(model, guide, x, "
+                              f"num_samples, **options) that returns an Estimate; got {member!r}")
+        return member
 
     def register(self, name, function, deterministic=False, chunking=None):
         """Add an estimator of your own under ``name``; ``chunking`` as in the class doc."""

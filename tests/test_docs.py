@@ -1,6 +1,7 @@
-"""The documentation cannot drift: the flag reference is what the parsers say, and every
-flag the guides mention exists."""
+"""The documentation cannot drift: the flag reference is what the parsers say, every flag the
+guides mention exists, and the training guide's configuration example is the default one."""
 
+import json
 import os
 import re
 
@@ -31,3 +32,13 @@ def test_every_flag_the_guides_mention_exists():
             text = handle.read()
         for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text):
             assert flag in known, f"{name} mentions {flag}, which no script has"
+
+
+def test_the_configuration_example_of_the_training_guide_is_the_default_configuration():
+    from models.base.config import RunConfig
+
+    with open(os.path.join(ROOT, "docs", "training.md")) as handle:
+        section = handle.read().split("## The run configuration", 1)[1]
+    example = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+    assert example == RunConfig().to_dict(), \
+        "docs/training.md's configuration example is out of date: print RunConfig().to_dict()"

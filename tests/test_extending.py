@@ -110,19 +110,50 @@ def test_user_parts_train_resume_evaluate_and_explore_through_the_scripts(user_f
     assert (folder / "figures" / "report.html").is_file()
 
 
-def test_documented_estimator_registers_and_runs_through_evaluate(monkeypatch, tmp_path):
-    from evaluation.estimators import ESTIMATORS
-
-    monkeypatch.setattr(ESTIMATORS, "_entries", dict(ESTIMATORS._entries))
+def documented_block(first_line):
     with open(os.path.join(ROOT, "docs", "extending.md")) as handle:
         blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
-    (code,) = [block for block in blocks if "ESTIMATORS.register" in block]
-    exec(code, {})
+    (code,) = [block for block in blocks if block.startswith(first_line)]
+    return code
+
+
+def test_documented_estimator_runs_through_the_scripts_by_its_module_name(
+        monkeypatch, tmp_path, capsys):
+    """docs/extending.md's estimator, in a file of the user's own: named module:function on
+    evaluate.py's command line, as from the shell (no registration runs first); its module is
+    imported only then. The documented registration gives it a short name in Python."""
+    from evaluation.estimators import ESTIMATORS
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "my_estimators.py").write_text(documented_block("# my_estimators.py"))
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(ESTIMATORS, "_entries", dict(ESTIMATORS._entries))
+    monkeypatch.delitem(sys.modules, "my_estimators", raising=False)
     run = tmp_path / "run"
-    run_main("train", *SMALL, "--out", run)
-    report = run_main("evaluate", run, "--estimator", "tempered,importance", "--num-samples",
-                      "30", "--num-data", "4")
+    run_main("train", "--dataset", "synthetic", "--synthetic-num-train", "200", "--z-dim", "2",
+             "--hidden-dims", "8", "--num-epochs", "1", "--no-progress", "--device", "cpu",
+             "--out", run)
+    run_main("evaluate", run, "--num-samples", "5", "--num-data", "2")
+    assert "my_estimators" not in sys.modules          # imported only where named
+    # Alone, and with a flag of an option it shares with the project's estimators.
+    evaluate = ["--num-samples", "30", "--num-data", "4", "--max-batch-elements", "60"]
+    report = run_main("evaluate", run, "--estimator", "my_estimators:tempered", *evaluate)
+    (by_module,) = report["estimators"]
+    assert by_module["estimator"] == "tempered"
+    assert "tempered" not in ESTIMATORS
+    capsys.readouterr()
+    line = refused(capsys, "evaluate", run, "--estimator", "my_estimators:Estimate")
+    assert "the estimator 'my_estimators:Estimate' must be a function" in line
+    line = refused(capsys, "evaluate", run, "--estimator", "nowhere:tempered")
+    assert "cannot import module 'nowhere' for the estimator 'nowhere:tempered'" in line
+    line = refused(capsys, "evaluate", run, "--estimator", "tempred")
+    assert line.endswith("or module:function for your own")
+
+    monkeypatch.syspath_prepend(str(folder))
+    exec(documented_block("from evaluation.estimators import ESTIMATORS"), {})
+    report = run_main("evaluate", run, "--estimator", "tempered,importance", *evaluate)
     tempered, importance = report["estimators"]
     # The same weights (same seed) under another name: the same estimate.
-    assert tempered["estimator"] == "tempered"
-    assert tempered["log_px_mean"] == importance["log_px_mean"]
+    assert tempered["log_px_mean"] == importance["log_px_mean"] == by_module["log_px_mean"]
+    sys.modules.pop("my_estimators", None)

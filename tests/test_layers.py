@@ -91,8 +91,27 @@ def test_the_layer_check_finds_an_upward_import(tmp_path):
         "(inference)"]
 
 
-def test_the_tree_shows_the_layers():
-    for folder in ("models/base", "inference", "evaluation", "evaluation/reporting", "scripts",
-                   "tests", "docs"):
-        assert os.path.isdir(os.path.join(ROOT, folder)), folder
-    assert os.path.isfile(os.path.join(ROOT, "inference", "log_weights.py"))
+def readme_layout(root):
+    """The folders the README's "## Layout" block names, top line first."""
+    with open(os.path.join(root, "README.md")) as handle:
+        text = handle.read()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    return [line.split()[0].rstrip("/") for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_layout_names_every_layer_from_the_top_down():
+    """The README's layout is the layer order this file checks, each folder it names exists,
+    and no top-level folder of Python code escapes the layers (the check above reads only the
+    layered folders)."""
+    folders = readme_layout(ROOT)
+    for folder in folders:
+        assert os.path.isdir(os.path.join(ROOT, folder)), f"README names {folder}/, absent"
+    layered = [folder.replace("/", ".") for folder in folders
+               if layer_of(folder.replace("/", ".")) is not None]
+    assert [layer_of(name) for name in layered] == sorted(LAYER_NAMES, reverse=True), layered
+    assert [LAYER_NAMES[layer_of(name)].split()[0] for name in layered] == layered
+    code = {entry.name for entry in os.scandir(ROOT)
+            if entry.is_dir() and not entry.name.startswith(".") and any(
+                name.endswith(".py") for name in os.listdir(entry.path))}
+    assert code <= {prefix.split(".")[0] for prefix, _ in LAYERS} | {"tests"}, code
+    assert code <= set(folders), code

@@ -205,7 +205,37 @@ def test_unknown_component_names_list_the_valid_ones():
         PRIORS.get("mg")
     with pytest.raises(ConfigError, match=r"bernoulli, continuous-bernoulli, gaussian"):
         build_model(small_config(likelihood="poisson"))
-    assert LIKELIHOODS.get("gaussian") is LIKELIHOODS["gaussian"]
+
+
+def test_each_likelihood_name_gives_the_density_docs_training_md_states():
+    """log p(x | z) of each registered name with its default options, against the density
+    written out by hand from its definition (docs/training.md, "The parts"), at fixed decoder
+    outputs f(z) chosen away from lambda = 1/2 (where torch's continuous Bernoulli switches to
+    a Taylor expansion)."""
+    f = torch.tensor([[-2.0, -0.5, 0.7, 1.5], [2.5, -1.2, 0.3, -3.0]])
+    raw = torch.tensor([[0.1, -1.0, 2.0, -3.0], [0.5, 0.0, -0.2, 1.0]])
+    binary = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    grey = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.0, 1.0, 0.25, 0.6]])
+    log_2pi = math.log(2 * math.pi)
+
+    def normal(x, loc, scale):
+        return (-0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - 0.5 * log_2pi).sum(-1)
+
+    lam = torch.sigmoid(f)
+    log_normalizer = torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))
+    cases = {  # name: (decoder output, data, log p(x | z) by hand)
+        "bernoulli": (f, binary, (binary * torch.log(lam)
+                                  + (1 - binary) * torch.log1p(-lam)).sum(-1)),
+        "gaussian": (f, grey, normal(grey, f, torch.tensor(0.1))),  # sigma 0.1 by default
+        "gaussian-learned": (torch.cat([f, raw], -1), grey,
+                             normal(grey, f, torch.nn.functional.softplus(raw) + 0.01)),
+        "continuous-bernoulli": (f, grey, (log_normalizer + grey * torch.log(lam)
+                                           + (1 - grey) * torch.log1p(-lam)).sum(-1)),
+    }
+    assert LIKELIHOODS.names() == ", ".join(sorted(cases))
+    for name, (output, x, expected) in cases.items():
+        log_p = LIKELIHOODS.get(name)()(output).log_prob(x)
+        assert torch.allclose(log_p, expected, rtol=1e-5, atol=1e-5), name
 
 
 def test_guide_distribution_is_a_diagonal_gaussian():

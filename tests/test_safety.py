@@ -298,6 +298,27 @@ def test_a_diverging_run_stops_with_a_message(tmp_path, capsys):
     assert "lower --learning-rate (now 1e+06)" in line
 
 
+def test_an_elbo_that_falls_below_the_factor_times_the_first_one_stops_training():
+    """The second branch of the watch: finite ELBOs per point that run away. The threshold is
+    factor x the first ELBO seen, or factor x (-1) where the first is above -1 nats."""
+    from inference.training import DivergenceWatch, TrainingDiverged
+
+    watch = DivergenceWatch(learning_rate=3e-3, factor=100.0)
+    watch.check(-30.0, 1, 10)
+    watch.check(-2999.0, 1, 20)                   # above 100 x -30: training goes on
+    with pytest.raises(TrainingDiverged) as stopped:
+        watch.check(-3001.0, 2, 30)
+    assert str(stopped.value) == (
+        "training diverged in epoch 2 (by step 30): the training ELBO fell to -3e+03 nats per "
+        "data point, from -30 at the start; lower --learning-rate (now 0.003) and train again "
+        "(files of finished epochs are intact)")
+    near_zero = DivergenceWatch(learning_rate=1e-3)
+    near_zero.check(-0.5, 1, 10)
+    near_zero.check(-99.0, 1, 20)                 # above 100 x -1, though below 100 x -0.5
+    with pytest.raises(TrainingDiverged, match="fell to -101 nats per data point, from -0.5"):
+        near_zero.check(-101.0, 1, 30)
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. MNIST files that do not fit together
 

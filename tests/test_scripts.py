@@ -165,7 +165,7 @@ def test_smoke_train_and_evaluate_as_processes(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "evaluate.py: error: unknown estimator 'harmonic'; valid estimators: ais, elbo, exact, "
-        "importance, mixture, prior, quadrature"]
+        "importance, mixture, prior, quadrature or module:function for your own"]
 
 
 def test_smoke_help_as_a_process():

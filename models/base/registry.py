@@ -177,6 +177,9 @@ class Registry(Mapping):
         for members that do not declare ``context_parameters`` themselves (functions).
     """
 
+    #: how a user names a member of their own, where ``allow_custom``
+    custom_form = "module:Class"
+
     def __init__(self, kind, entries, *, base=None, allow_custom=False, context=()):
         self.kind = kind
         self._entries = dict(entries)
@@ -209,7 +212,7 @@ class Registry(Mapping):
             return member
         if isinstance(name, str) and name in self._entries:
             return self._entries[name]
-        extra = " or module:Class for your own" if self.allow_custom else ""
+        extra = f" or {self.custom_form} for your own" if self.allow_custom else ""
         hint = did_you_mean(name, self._entries) if isinstance(name, str) else ""
         raise ConfigError(f"unknown {self.kind} {name!r}{hint}; valid {self.kind}s: "
                           f"{self.names()}{extra}")
