@@ -36,7 +36,7 @@ def shared_checkpoint(path, group, trust=()):
     """What :func:`inference.checkpoint.restore` needs of the checkpoint at ``path``, read by
     the first process of ``group`` alone and given to the others as plain data (the
     configuration as a dict, the model's and the guide's states as tensors on the CPU), as
-    ``train.py`` gives a resumed run's checkpoint."""
+    :func:`inference.run_life.open_training_run` gives a resumed run's checkpoint."""
 
     def read():
         checkpoint = load_checkpoint(path, map_location="cpu", trust=trust)

@@ -17,21 +17,12 @@ guide, and the report adds the gap decomposition of Cremer et al. (2018): log p(
 approximation gap + amortization gap.
 """
 
-import os
-import time
-
-import pyro
-import torch
-
-from evaluation.ais import bdmc
-from evaluation.estimators import ESTIMATORS, estimate, options_for
-from evaluation.gaps import gap_decomposition, summarize_gaps
 from evaluation.reporting import cli
-from evaluation.reporting.tables import csv_text, per_point_rows, render
+from evaluation.reporting.scoring import csv_path, score_run
 from inference.local import fit_local_guide
 from models.base.cli import entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_json, atomic_write_text, refuse_to_overwrite
+from models.base.io import refuse_to_overwrite
 from models.base.registry import option_defaults
 
 #: the flags of the local fit and the parameters of fit_local_guide they set, whose defaults
@@ -50,28 +41,20 @@ def check_local_flags(args):
         raise ConfigError(f"--local-learning-rate must be a positive finite number, got {rate}")
 
 
-def local_guide(args, opened):
-    """The guide the estimators use: the run's own, or a local guide fitted on the points."""
+def local_fit(args, opened):
+    """The settings of the local guide to fit on the points (None: the run's own guide)."""
     own = opened.config.model.guide.name
     if args.guide in (None, own):
         given = [cli.flag(name) for name in LOCAL_FLAGS if getattr(args, name) is not None]
         if given:
             raise ConfigError(f"{', '.join(given)} apply to --guide local; add it or drop them")
-        return opened.guide, None
+        return None
     if args.guide != "local":
         raise ConfigError(f"evaluate.py scores the run's own guide ({own}) or a local guide "
                           f"fitted on the evaluation points (--guide local), not --guide "
                           f"{args.guide}")
-    settings = {parameter: LOCAL_DEFAULTS[parameter] if getattr(args, name) is None
-                else getattr(args, name) for name, parameter in LOCAL_FLAGS.items()}
-    steps = settings["num_steps"]
-    pyro.set_rng_seed(0 if args.seed is None else args.seed)
-    guide, history = fit_local_guide(opened.model, opened.guide, opened.x, **settings,
-                                     progress=not args.no_progress)
-    print(f"fitted the local guide on {opened.x.shape[0]} points: {steps} Adam steps, mean ELBO "
-          f"{history[0] if history else float('nan'):.3f} -> "
-          f"{history[-1] if history else float('nan'):.3f}")
-    return guide, steps
+    return {parameter: LOCAL_DEFAULTS[parameter] if getattr(args, name) is None
+            else getattr(args, name) for name, parameter in LOCAL_FLAGS.items()}
 
 
 def _main(args):
@@ -81,7 +64,8 @@ def _main(args):
 
 def evaluate(args, group=None):
     """Score the run as ``args`` say, in this process or shared among a ``group`` of them (the
-    first one prints and writes)."""
+    first one prints and writes): the flags checked, the run opened, then
+    :func:`evaluation.reporting.scoring.score_run`."""
     main = group is None or group.is_main
     names = cli.estimator_names(args, default=("elbo", "importance"))
     cli.check_positive(args, "num_samples", "num_data", "ais_chains")
@@ -96,73 +80,11 @@ def evaluate(args, group=None):
         refuse_to_overwrite([args.out, csv_path(args.out)], args.overwrite)
     # Only the first process reads the run (the others may be on machines without it).
     opened = cli.open_run(args, device=cli.start(args, group), group=group)
-    model, x, seed = opened.model, opened.x, 0 if args.seed is None else args.seed
-    print(f"{opened.path}: {opened.config.data.dataset} {args.split} split, {x.shape[0]} data "
-          f"points, z_dim={opened.config.model.z_dim}, on {opened.device}")
-    guide, local_steps = local_guide(args, opened)
-    summaries, rows = [], []
-    for name in names:
-        pyro.set_rng_seed(seed)  # each estimator's numbers do not depend on the others
-        result = estimate(name, model, guide, x, cli.num_samples_for(name, args),
-                          progress=not args.no_progress and main, group=group,
-                          **options_for(name, options))
-        summaries.append(result.summary())
-        rows += per_point_rows(result, opened.labels)
-    print(render(summaries))
-    for s in summaries:
-        if s["num_flagged"]:
-            print(f"{s['estimator']}: {s['num_flagged']} of {s['num_data']} data points have "
-                  "Pareto k-hat > 0.7; their estimates cannot be trusted")
-    report = {"run": args.run, "checkpoint": opened.path, "split": args.split, "seed": seed,
-              "num_data": int(x.shape[0]), "device": str(opened.device),
-              "config": opened.config.to_dict(), "guide": args.guide or "run",
-              "estimators": summaries, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if local_steps is not None:
-        pyro.set_rng_seed(seed)
-        gaps = summarize_gaps(gap_decomposition(model, opened.guide, guide, x, args.num_samples))
-        report["gaps"] = dict(gaps, local_steps=local_steps, num_samples=args.num_samples)
-        print(format_gaps(gaps, args.num_samples))
-    if args.bdmc and main:   # simulated points: the first process alone
-        pyro.set_rng_seed(seed)
-        ais = {**ESTIMATORS.options("ais"), **options_for("ais", options)}
-        chains = cli.num_samples_for("ais", args)
-        with torch.no_grad():
-            sandwich = bdmc(model, args.bdmc, chains, num_steps=ais["ais_steps"],
-                            num_leapfrog=ais["ais_leapfrog"], step_size=ais["ais_step_size"],
-                            target_accept=ais["ais_target_accept"],
-                            schedule=ais["ais_schedule"])
-        report["bdmc"] = {key: sandwich[key].mean().item() for key in ("lower", "upper", "gap")}
-        report["bdmc"].update(num_data=args.bdmc, ais_chains=chains, ais_steps=ais["ais_steps"])
-        print(f"BDMC on {args.bdmc} points simulated from the model: forward AIS "
-              f"{report['bdmc']['lower']:.3f} <= log p(x) <= reverse AIS "
-              f"{report['bdmc']['upper']:.3f} (gap {report['bdmc']['gap']:.3f} nats)")
-    if args.out and main:
-        atomic_write_json(args.out, report)
-        table = csv_path(args.out)
-        atomic_write_text(table, csv_text(rows))
-        print(f"wrote {args.out} and {table}")
-    return report
-
-
-def csv_path(json_path):
-    """The per-point CSV written beside the JSON summary."""
-    return os.path.splitext(json_path)[0] + ".csv"
-
-
-def format_gaps(gaps, num_samples):
-    def cell(name):
-        return f"{gaps[name]:9.3f} +- {gaps[name + '_stderr']:.3f}"
-
-    return "\n".join([
-        f"gap decomposition (Cremer et al. 2018; log p(x) by importance sampling with the local "
-        f"guide, K={num_samples}):",
-        f"  log p(x)                      {cell('log_px')}",
-        f"  ELBO, encoder                 {cell('elbo_amortized')}",
-        f"  ELBO, local guide             {cell('elbo_local')}",
-        f"  inference gap                 {cell('inference_gap')}",
-        f"  = approximation gap           {cell('approximation_gap')}",
-        f"  + amortization gap            {cell('amortization_gap')}",
-    ])
+    return score_run(opened, names, args.num_samples, ais_chains=cli.num_samples_for("ais", args),
+                     run=args.run, split=args.split, options=options,
+                     seed=0 if args.seed is None else args.seed,
+                     local_fit=local_fit(args, opened), guide_name=args.guide or "run",
+                     bdmc=args.bdmc, out=args.out, progress=not args.no_progress, group=group)
 
 
 def make_parser():

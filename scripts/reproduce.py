@@ -47,14 +47,11 @@ import pyro
 import torch
 
 from evaluation.estimators import estimate
-from evaluation.reporting import cli
+from evaluation.reporting import cli, plots
+from evaluation.reporting.scoring import csv_path, score_run
 from models.base.cli import comma_list, entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_text
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-train_script = cli.script_module(os.path.join(HERE, "train.py"))
-evaluate_script = cli.script_module(os.path.join(HERE, "evaluate.py"))
+from models.base.io import atomic_write_text, refuse_to_overwrite
 
 #: Burda et al. (2016), section 5; the flags of train.py each preset sets
 BURDA = {"dataset": "mnist", "binarize": "dynamic", "num_validation": 0,
@@ -101,7 +98,7 @@ def write_curve(path, rows):
 
 
 class LearningCurve:
-    """The ``after_epoch`` hook of train.py that scores the model at the chosen epochs.
+    """The hook after each epoch that scores the model at the chosen epochs.
 
     It runs after the epoch's checkpoint is written, on the model in that state, with its own
     random numbers (seeded by the run's seed and the epoch), so that it changes nothing in the
@@ -184,8 +181,15 @@ def reproduce(args, group=None):
                           f"{args.num_epochs}), which would never be scored; drop "
                           f"{'them' if len(beyond) > 1 else 'it'} or raise --num-epochs")
     curve = LearningCurve(curve_epochs, args.curve_samples, args.curve_data)
+    budget = cli.time_budget(args)
     start = time.perf_counter()
-    summary = train_script.run_training(args, group, after_epoch=curve)
+    with cli.open_training(args, group) as run:
+        def after_epoch(out_dir, metrics):
+            plots.training_curves(metrics, os.path.join(out_dir, "elbo.png"))
+            curve(out_dir, metrics, run.model, run.guide, run.dataset, run.config)
+
+        summary = run.fit(progress=not args.no_progress, after_epoch=after_epoch,
+                          time_budget=budget)
     print(f"trained {summary['epochs']} epochs in this folder "
           f"({(time.perf_counter() - start) / 60:.1f} minutes in this call)")
     if summary["epochs"] < args.num_epochs:
@@ -200,25 +204,26 @@ def reproduce(args, group=None):
     if done:
         print(f"{final} holds the final score already")
         return summary
-    argv = [args.out, "--estimator", "importance", "--num-samples", str(args.eval_samples),
-            "--num-data", str(args.eval_data), "--split", "test", "--out", final,
-            "--seed", str(args.seed if args.seed is not None else 0)]
-    for flag, value in (("--data-dir", args.data_dir), ("--device", args.device)):
-        if value is not None:
-            argv += [flag, value]
-    if args.overwrite:
-        argv.append("--overwrite")
-    if args.no_progress:
-        argv.append("--no-progress")
-    evaluate_script.evaluate(evaluate_script.make_parser().parse_args(argv), group)
+    score(args, final, group)
     return summary
 
 
+def score(args, final, group=None):
+    """The final score of the run in ``--out``: importance sampling with K ``--eval-samples``
+    on the first ``--eval-data`` test images, written to ``final`` (and the per-image CSV)."""
+    if group is None or group.is_main:
+        refuse_to_overwrite([final, csv_path(final)], args.overwrite)
+    opened = cli.open_run(args, path=args.out, group=group)
+    opened.x, opened.labels = opened.dataset.select("test", args.eval_data)
+    return score_run(opened, ["importance"], args.eval_samples, run=args.out, split="test",
+                     seed=args.seed if args.seed is not None else 0, out=final,
+                     progress=not args.no_progress, group=group)
+
+
 def make_parser():
-    parser = train_script.make_parser()
-    parser.prog = os.path.basename(__file__)  # messages start with reproduce.py, not train.py
-    parser.description = ("Train and score a model by a published protocol (Burda et al. 2016): "
-                          "the preset fills every training flag not given.")
+    parser = cli.make_training_parser(
+        "Train and score a model by a published protocol (Burda et al. 2016): the preset fills "
+        "every training flag not given.", __file__)
     parser.add_argument("preset", choices=sorted(PRESETS),
                         help="the protocol; -short: the schedule over 400 epochs; -batch100: "
                              "batch 100, the schedule over 2,000 epochs")

@@ -9,7 +9,9 @@ configuration, and one way to open a run.
 - :func:`add_evaluation_flags` and :func:`add_estimator_flags`: which estimators, K, which data
   points, and the estimators' options (defaults: the estimator functions' own);
 - :func:`start` (seed, parameter store, device) and :func:`open_run` (that, plus the run's model,
-  guide and data, and the chosen points of the chosen split).
+  guide and data, and the chosen points of the chosen split);
+- :func:`make_training_parser` and :func:`open_training`: the flags of a script that trains,
+  and the run they open (:mod:`inference.run_life`).
 
 A flag means the same thing in every script. Flags left out are None here, so that the
 configuration's defaults (or a resumed run's settings) apply, and so that an explicit flag can be
@@ -28,10 +30,12 @@ import torch
 
 from evaluation.ais import SCHEDULES
 from evaluation.estimators import ESTIMATORS
+from evaluation.reporting.scoring import AIS_CHAINS
 from inference import distributed
 from inference.data import BINARIZATIONS, DATASETS, SPLITS, SYNTHETIC_PRIORS
 from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
+from inference.run_life import open_training_run
 from inference.runs import load_run
 from models.base.cli import ArgumentParser, HelpFormatter, comma_list, key_value
 from models.base.config import LEARNING_RATE_SCHEDULES, ConfigError, RunConfig, check_seed
@@ -235,6 +239,30 @@ def add_training_flags(parser):
     return group
 
 
+def make_training_parser(description, script):
+    """The parser of a script that trains a run (``train.py``, ``reproduce.py``): the data,
+    model and training flags with where the run goes and how it is opened (``--out``,
+    ``--resume``, ``--overwrite``, ``--time-budget``, ``--trust-run``), and the common flags."""
+    parser = make_parser(description, script)
+    add_data_flags(parser)
+    add_model_flags(parser)
+    group = add_training_flags(parser)
+    group.add_argument("--out", default=None,
+                       help="run folder (default: runs/<dataset>-z<z-dim>-<time>)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the files of an earlier run in --out")
+    group.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                       help="stop at the end of the last epoch that fits in this many minutes, "
+                       "with every file written; --resume continues")
+    group.add_argument("--trust-run", action="store_true",
+                       help="allow the resumed run's own parts (module:Class) to be imported; "
+                       "naming a part again (--prior my_parts:StudentT) allows that one")
+    add_common_flags(parser)
+    return parser
+
+
 def add_opened_run_flags(parser, estimator_options=False):
     """The flags of scripts that open trained runs: the estimators' options (where the script
     runs estimators the user names), where the data are, ``--trust-run``, ``--overwrite`` and
@@ -255,8 +283,8 @@ def add_evaluation_flags(parser, default_estimators, grid=False, num_data=None):
     and ``--split``."""
     group = parser.add_argument_group("evaluation")
     group.add_argument("--estimator", type=comma_list(str), action="append", default=[],
-                       help=f"comma list or repeated; of {ESTIMATORS.names()} "
-                       f"(default: {','.join(default_estimators)})")
+                       help=f"comma list or repeated; of {ESTIMATORS.names()} or "
+                       f"module:function of your own (default: {','.join(default_estimators)})")
     if grid:
         group.add_argument("--num-samples", type=comma_list(int), default=[1, 10, 100, 1000],
                            help="the grid of K (samples per data point), comma-separated")
@@ -270,8 +298,6 @@ def add_evaluation_flags(parser, default_estimators, grid=False, num_data=None):
     return group
 
 
-#: chains per data point of ais when --ais-chains is not given
-AIS_CHAINS = 16
 ESTIMATOR_HELP = {
     "max_batch_elements": "at most this many (sample, data point) pairs at once (default: "
                           "about 256 MB of work per chunk)",
@@ -362,49 +388,6 @@ def config_changes(args, base):
     return changes
 
 
-#: settings a resumed run may change: how long it runs and where it finds its data
-RESUMABLE = ("training.num_epochs", "device", "data.data_dir", "data.download")
-
-
-def resumed_config(stored, changes):
-    """The stored configuration of a run being resumed, with the RESUMABLE ``changes``; any other
-    change that differs from the stored value is refused."""
-    allowed = {}
-    for path, value in changes.items():
-        if path in RESUMABLE:
-            allowed[path] = value
-            continue
-        try:
-            current = stored.get(path)
-        except KeyError:
-            current = None
-        if _normal(current) != _normal(value):
-            given_by = getattr(changes, "flags", {}).get(path, path)
-            separator = "" if given_by.endswith("=") else " "
-            raise ConfigError(f"{given_by}{separator}{_show(value)} differs from the resumed "
-                              f"run's {_show(current)}; drop the flag or start a new run with "
-                              "another --out")
-    return stored.updated(allowed) if allowed else stored
-
-
-def _normal(value):
-    if isinstance(value, (list, tuple)):
-        return [_normal(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _normal(item) for key, item in value.items()}
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    return value
-
-
-def _show(value):
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(item) for item in value)
-    return str(value)
-
-
 def estimator_names(args, default):
     """The estimators ``--estimator`` names, in order, without repeats; an unknown name lists the
     valid ones. ``--estimator`` given with no name in it (``--estimator ,``) is an error, not the
@@ -430,6 +413,9 @@ def estimator_options(args, names, also=()):
         value = values.get(option)
         if value is None:
             continue
+        # A user's module:function takes the flags of the options it shares with ours.
+        takers = takers + [name for name in chosen if name not in ESTIMATORS
+                           and option in ESTIMATORS.options(name)]
         if not set(takers) & set(chosen):
             which = (f"{takers[0]}, which is not" if len(takers) == 1 else
                      f"{', '.join(takers)}, none of which is")
@@ -455,7 +441,9 @@ def num_samples_for(name, args):
 
 def script_module(path, prefix="vae_script"):
     """Import the script at ``path`` (``scripts/train.py``, which is not in a package) as a
-    module, to call its ``main(argv)`` or ``make_parser()`` in this process."""
+    module, to call its ``main(argv)`` or ``make_parser()`` in this process: only for
+    ``flag_reference.py`` (every script's parser) and ``tutorial.py`` (which runs the scripts
+    as its reader would). A script that needs what another does calls the library instead."""
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", path)
     module = importlib.util.module_from_spec(spec)
@@ -486,6 +474,31 @@ def processes(args):
             yield group
     finally:
         distributed.shutdown(group)
+
+
+def time_budget(args):
+    """The seconds ``--time-budget`` (minutes) allows, None without it; refused unless it is a
+    positive number."""
+    if args.time_budget is None:
+        return None
+    if not 0 < args.time_budget < float("inf"):
+        raise ConfigError(f"--time-budget must be a positive number of minutes, got "
+                          f"{args.time_budget}")
+    return 60 * args.time_budget
+
+
+def open_training(args, group=None):
+    """:func:`start`, then the run folder ``--out`` opened for training as the flags say (see
+    :func:`inference.run_life.open_training_run`): a new run with the settings given, or with
+    ``--resume`` the run there, whose own parts ``--trust-run`` allows. In a ``group`` of
+    processes the first one's ``--out`` is taken. A context manager that gives the
+    :class:`inference.run_life.TrainingRun` and holds the folder until the block ends."""
+    start(args, group)
+    if group is not None:
+        args.out = group.broadcast(args.out)
+    return open_training_run(args.out, lambda base: config_changes(args, base),
+                             resume=args.resume, overwrite=args.overwrite,
+                             trust=trusted_parts(args), group=group)
 
 
 @dataclass

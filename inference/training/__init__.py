@@ -7,9 +7,10 @@
 
 A step is SVI's: the loss of the literal Pyro model and guide (Trace_ELBO's estimator, or the
 chosen objective), differentiated by autograd, then one ``torch.optim.Adam`` over every parameter
-of the model and the guide; it computes what ``pyro.infer.SVI(model, guide, Adam, Trace_ELBO())``
-computes, and is tested equal to it. It reads nothing back to the host: the losses are summed on
-the device and read every ``CHECK_EVERY`` steps and at the end of the epoch. The data are
+of the model and the guide: what ``pyro.infer.SVI(model, guide, Adam, Trace_ELBO())`` computes
+(its loss and gradients are tested equal to ``Trace_ELBO``'s, ``tests/test_speed.py``). It
+reads nothing back to the host: the losses are summed on the device and read every
+``CHECK_EVERY`` steps and at the end of the epoch. The data are
 validated once, when training starts, and Pyro's per-step validation is off during the steps.
 Where the objective allows it the loss is compiled with the JIT (``JitTrace_ELBO``); a model
 that cannot be traced trains without it, with a message. On CUDA the compiled loss and its

@@ -1,0 +1,127 @@
+"""Score a trained run: log p(x) of its chosen data points by each estimator, with standard
+errors and diagnostics, printed as a table and written as a report (a JSON file of the
+per-estimator summaries and, beside it, a CSV with one row per data point and estimator).
+
+:func:`score_run` is what ``evaluate.py`` does once its flags are checked and the run is opened
+(:func:`evaluation.reporting.cli.open_run`), and how ``reproduce.py`` gives a run its final
+score.
+"""
+
+import os
+import time
+
+import pyro
+import torch
+
+from evaluation.ais import bdmc as bdmc_sandwich
+from evaluation.estimators import ESTIMATORS, estimate, options_for
+from evaluation.gaps import gap_decomposition, summarize_gaps
+from evaluation.reporting.tables import csv_text, per_point_rows, render
+from inference.local import fit_local_guide
+from models.base.io import atomic_write_json, atomic_write_text
+
+#: chains per data point of ais when no other number is given
+AIS_CHAINS = 16
+
+
+def csv_path(json_path):
+    """The per-point CSV written beside the JSON summary."""
+    return os.path.splitext(json_path)[0] + ".csv"
+
+
+def score_run(opened, names, num_samples, *, ais_chains=AIS_CHAINS, run=None, split="test",
+              options=None, seed=0, local_fit=None, guide_name="run", bdmc=None, out=None,
+              progress=True, group=None, log=print):
+    """Estimate log p(x) of the points ``opened.x`` of the opened run ``opened`` (a
+    :class:`evaluation.reporting.cli.OpenRun`) by each estimator of ``names``, each from the
+    random numbers of ``seed``, in this process or shared among a ``group`` of them (the first
+    one prints and writes).
+
+    :param num_samples: K, samples per data point, of every estimator but ais, and of the gap
+        decomposition; ``ais_chains``: K of ais and the chains of BDMC.
+    :param run: the run as the user named it (for the report); ``split``: the points' split.
+    :param options: the estimators' options ({option: value}; each estimator takes its own).
+    :param local_fit: the settings of :func:`inference.local.fit_local_guide` (``num_steps``,
+        ``learning_rate``, ``num_particles``) to score a guide fitted on the points themselves
+        instead of the run's, with the gap decomposition of Cremer et al. (2018); one process.
+    :param guide_name: what the report names the guide of the estimators.
+    :param bdmc: also run BDMC on this many points simulated from the model (first process).
+    :param out: write the report here (JSON) and the per-point CSV beside it.
+    :returns: the report.
+    """
+    main = group is None or group.is_main
+    options = options or {}
+    model, x = opened.model, opened.x
+    log(f"{opened.path}: {opened.config.data.dataset} {split} split, {x.shape[0]} data "
+        f"points, z_dim={opened.config.model.z_dim}, on {opened.device}")
+    guide, local_steps = opened.guide, None
+    if local_fit is not None:
+        local_steps = local_fit["num_steps"]
+        pyro.set_rng_seed(seed)
+        guide, history = fit_local_guide(model, opened.guide, x, **local_fit, progress=progress)
+        log(f"fitted the local guide on {x.shape[0]} points: {local_steps} Adam steps, mean "
+            f"ELBO {history[0] if history else float('nan'):.3f} -> "
+            f"{history[-1] if history else float('nan'):.3f}")
+    summaries, rows = [], []
+    for name in names:
+        pyro.set_rng_seed(seed)  # each estimator's numbers do not depend on the others
+        result = estimate(name, model, guide, x, ais_chains if name == "ais" else num_samples,
+                          progress=progress and main, group=group, **options_for(name, options))
+        summaries.append(result.summary())
+        rows += per_point_rows(result, opened.labels)
+    log(render(summaries))
+    for s in summaries:
+        if s["num_flagged"]:
+            log(f"{s['estimator']}: {s['num_flagged']} of {s['num_data']} data points have "
+                "Pareto k-hat > 0.7; their estimates cannot be trusted")
+    report = {"run": run, "checkpoint": opened.path, "split": split, "seed": seed,
+              "num_data": int(x.shape[0]), "device": str(opened.device),
+              "config": opened.config.to_dict(), "guide": guide_name,
+              "estimators": summaries, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if local_steps is not None:
+        pyro.set_rng_seed(seed)
+        gaps = summarize_gaps(gap_decomposition(model, opened.guide, guide, x, num_samples))
+        report["gaps"] = dict(gaps, local_steps=local_steps, num_samples=num_samples)
+        log(format_gaps(gaps, num_samples))
+    if bdmc and main:   # simulated points: the first process alone
+        report["bdmc"] = bdmc_report(model, bdmc, ais_chains, options, seed)
+        log(f"BDMC on {bdmc} points simulated from the model: forward AIS "
+            f"{report['bdmc']['lower']:.3f} <= log p(x) <= reverse AIS "
+            f"{report['bdmc']['upper']:.3f} (gap {report['bdmc']['gap']:.3f} nats)")
+    if out and main:
+        atomic_write_json(out, report)
+        table = csv_path(out)
+        atomic_write_text(table, csv_text(rows))
+        log(f"wrote {out} and {table}")
+    return report
+
+
+def bdmc_report(model, num_data, chains, options, seed):
+    """The mean BDMC sandwich of ``num_data`` points simulated from ``model`` (AIS with the ais
+    estimator's ``options``), with its settings."""
+    pyro.set_rng_seed(seed)
+    ais = {**ESTIMATORS.options("ais"), **options_for("ais", options)}
+    with torch.no_grad():
+        sandwich = bdmc_sandwich(model, num_data, chains, num_steps=ais["ais_steps"],
+                                 num_leapfrog=ais["ais_leapfrog"], step_size=ais["ais_step_size"],
+                                 target_accept=ais["ais_target_accept"],
+                                 schedule=ais["ais_schedule"])
+    report = {key: sandwich[key].mean().item() for key in ("lower", "upper", "gap")}
+    report.update(num_data=num_data, ais_chains=chains, ais_steps=ais["ais_steps"])
+    return report
+
+
+def format_gaps(gaps, num_samples):
+    def cell(name):
+        return f"{gaps[name]:9.3f} +- {gaps[name + '_stderr']:.3f}"
+
+    return "\n".join([
+        f"gap decomposition (Cremer et al. 2018; log p(x) by importance sampling with the local "
+        f"guide, K={num_samples}):",
+        f"  log p(x)                      {cell('log_px')}",
+        f"  ELBO, encoder                 {cell('elbo_amortized')}",
+        f"  ELBO, local guide             {cell('elbo_local')}",
+        f"  inference gap                 {cell('inference_gap')}",
+        f"  = approximation gap           {cell('approximation_gap')}",
+        f"  + amortization gap            {cell('amortization_gap')}",
+    ])
