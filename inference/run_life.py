@@ -1,5 +1,6 @@
-"""The life of a training run in its folder: create a new run, restart one that finished no
-epoch, or resume one from its checkpoint; one API for every script and for Python.
+"""The life of a run in its folder: create a new run, restart one that finished no epoch,
+resume one from its checkpoint, or open a trained one for evaluation; one API for every
+script and for Python.
 
 - :func:`open_training_run` holds the run folder (:class:`inference.run_folder.RunFolder`),
   decides new, restart or resume, loads what it resumes from (a part that names code to import
@@ -11,10 +12,13 @@ epoch, or resume one from its checkpoint; one API for every script and for Pytho
 
 - :func:`new_config`: the configuration of a new run, the defaults with the changes;
 - :func:`read_config`: the configuration and identity that a run folder's ``config.json`` holds;
-- :func:`resumed_config`: what a restarted or resumed run may change (:data:`RESUMABLE`).
+- :func:`resumed_config`: what a restarted or resumed run may change (:data:`RESUMABLE`);
+- :func:`load_run`: a trained run opened for evaluation, its model and guide rebuilt from its
+  checkpoint and its data set loaded (in a group of processes, read by the first alone).
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -23,7 +27,8 @@ from typing import Any, Optional
 import pyro
 
 from inference.build import build, resolve
-from inference.checkpoint import LAST, custom_parts, load_checkpoint, load_state, run_folder_of
+from inference.checkpoint import (LAST, custom_parts, load_checkpoint, load_state, restore,
+                                  run_folder_of)
 from inference.data import default_data_dir, load_dataset, resolve_binarize
 from inference.run_folder import RunFolder
 from inference.training import fit
@@ -243,3 +248,49 @@ def _prepared(out_dir, opening, group, log):
         load_state(guide, checkpoint["guide"], "guide", where)
     return TrainingRun(out_dir, how, config, model, guide, dataset, device, checkpoint, run,
                        group)
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained run, opened for evaluation
+
+def load_run(path, device="cpu", data_dir=None, trust=(), group=None):
+    """Rebuild the model and guide of a run folder or checkpoint and load its data set.
+
+    :param str data_dir: read the data from here instead of the folder stored in the run.
+    :param trust: which ``module:Class`` parts the run may import (see ``load_checkpoint``).
+    :param group: the :class:`inference.distributed.ProcessGroup` of a run of several
+        processes: the first reads the checkpoint (only its machine needs the run folder) and
+        gives the others what rebuilds the model and guide; every process reads the data set.
+    :returns: (model, guide, dataset, config, checkpoint path); model and guide in eval mode
+        with gradients switched off; ``config`` a RunConfig.
+    """
+    if group is None:
+        checkpoint = load_checkpoint(path, map_location=device, trust=trust)
+    else:
+        checkpoint = shared_checkpoint(path, group, trust)
+    model, guide, config = restore(checkpoint, device)
+    model.requires_grad_(False), guide.requires_grad_(False)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      data_dir=data_dir))
+    dataset = load_dataset(config, device)
+    return model, guide, dataset, config, checkpoint["path"]
+
+
+def shared_checkpoint(path, group, trust=()):
+    """What :func:`inference.checkpoint.restore` needs of the checkpoint at ``path``, read by
+    the first process of ``group`` alone and given to the others as plain data (the
+    configuration as a dict, the model's and the guide's states as tensors on the CPU), as
+    :func:`inference.run_life.open_training_run` gives a resumed run's checkpoint."""
+
+    def read():
+        checkpoint = load_checkpoint(path, map_location="cpu", trust=trust)
+        return {"config": checkpoint["config"].to_dict(), "model": checkpoint["model"],
+                "guide": checkpoint["guide"], "path": checkpoint["path"]}
+
+    shared = group.from_main("read the run's checkpoint", read)
+    # The first process allowed the parts the run names (``trust``); as there, no module is
+    # imported from a run folder of that name, should this machine hold one.
+    with refuse_imports_from(run_folder_of(shared["path"])):
+        shared["config"] = resolve(shared["config"])
+    return shared

@@ -3,7 +3,7 @@ likelihoods), the linear-Gaussian reference model, and the shared base in ``mode
 
 from models.base.config import ConfigError, ModelConfig, PartSpec, RunConfig
 from models.build import BuildContext, build_model, build_prior, resolve_model_config
-from models.decoders import ARCHITECTURES, Architecture
+from models.architectures import ARCHITECTURES, Architecture
 from models.likelihoods import LIKELIHOODS, Likelihood
 from models.priors import PRIORS, Prior
 from models.vae import VAE, check_batch

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 from models.base.config import ConfigError, ModelConfig
-from models.decoders import ARCHITECTURES
+from models.architectures import ARCHITECTURES
 from models.likelihoods import LIKELIHOODS
 from models.priors import PRIORS
 from models.vae import VAE
@@ -24,7 +24,7 @@ class BuildContext:
     z_dim: int
     x_dim: int
     image_shape: Optional[tuple]
-    #: the :class:`models.decoders.Architecture` of the run (makes decoders and encoders)
+    #: the :class:`models.architectures.Architecture` of the run (makes decoders and encoders)
     architecture: Any
     #: the run's guide, for priors that share its encoder (the VampPrior); None otherwise
     guide: Any = None

@@ -13,7 +13,7 @@ import math
 import torch
 import pyro.distributions as dist
 
-from models.decoders import LinearDecoder
+from models.architectures import LinearDecoder
 from models.likelihoods import GaussianLikelihood
 from models.priors import StandardNormalPrior
 

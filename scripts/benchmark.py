@@ -34,7 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from evaluation.estimators import estimate
-from evaluation.reporting import cli
+from evaluation import command_line as cli
 from evaluation.reporting.tables import Column, fixed, render
 from inference.build import build, resolve
 from inference.data import load_dataset
@@ -43,7 +43,7 @@ from inference.log_weights import (chunk_jit, chunks, default_max_batch_elements
                                    log_weight_chunks)
 from inference.training import TrainingStep, adam
 from inference.training.gradients import LossGradients
-from models.base.cli import comma_list, entry_point
+from models.base.entry_points import comma_list, entry_point
 from models.base.config import ConfigError, RunConfig
 from models.base.device_syncs import SyncCounter
 from models.base.io import atomic_write_json, atomic_write_text

@@ -1,4 +1,4 @@
-"""Time log p(z) of a mixture of diagonal Gaussians: ``models.priors.DiagonalNormalMixture``
+"""Time log p(z) of a mixture of diagonal Gaussians: ``models.distributions.DiagonalNormalMixture``
 (matrix products) against ``torch.distributions.MixtureSameFamily`` (broadcasting) on the same
 z, side by side in one run, and report the ratio and the largest difference from a float64
 reference.
@@ -16,9 +16,9 @@ import time
 import pyro.distributions as dist
 import torch
 
-from evaluation.reporting import cli
-from models.base.cli import entry_point
-from models.priors import DiagonalNormalMixture
+from evaluation import command_line as cli
+from models.base.entry_points import entry_point
+from models.distributions import DiagonalNormalMixture
 
 
 def timed(function, repeats, device):

@@ -21,11 +21,12 @@ import pyro
 import torch
 
 from evaluation.estimators import ESTIMATORS, estimate, options_for
-from evaluation.reporting import cli, palette, plots
+from evaluation import command_line as cli
+from evaluation.reporting import palette, plots
 from evaluation.reporting.html import figure_html, page
 from evaluation.reporting.tables import (ESTIMATE_COLUMNS, PAIRED_COLUMNS, RUN_COLUMN, Column,
                                          csv_text, render)
-from models.base.cli import entry_point
+from models.base.entry_points import entry_point
 from models.base.config import ConfigError
 from models.base.io import atomic_write_text, refuse_to_overwrite
 

@@ -17,10 +17,10 @@ guide, and the report adds the gap decomposition of Cremer et al. (2018): log p(
 approximation gap + amortization gap.
 """
 
-from evaluation.reporting import cli
+from evaluation import command_line as cli
 from evaluation.reporting.scoring import csv_path, score_run
 from inference.local import fit_local_guide
-from models.base.cli import entry_point
+from models.base.entry_points import entry_point
 from models.base.config import ConfigError
 from models.base.io import refuse_to_overwrite
 from models.base.registry import option_defaults

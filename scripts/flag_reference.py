@@ -8,8 +8,8 @@ Example::
 
 import os
 
-from evaluation.reporting import cli
-from models.base.cli import entry_point
+from evaluation import command_line as cli
+from models.base.entry_points import entry_point
 from models.base.config import ConfigError
 from models.base.io import atomic_write_text, refuse_to_overwrite
 

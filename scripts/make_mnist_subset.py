@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from evaluation.reporting import cli
+from evaluation import command_line as cli
 from inference.data import MNIST_FILES, default_data_dir, read_mnist
-from models.base.cli import entry_point
+from models.base.entry_points import entry_point
 from models.base.io import atomic_write_bytes, refuse_to_overwrite
 
 DEFAULT_OUT = os.path.join("inference", "assets", "mnist_subset.npz")

@@ -47,9 +47,10 @@ import pyro
 import torch
 
 from evaluation.estimators import estimate
-from evaluation.reporting import cli, plots
+from evaluation import command_line as cli
+from evaluation.reporting import plots
 from evaluation.reporting.scoring import csv_path, score_run
-from models.base.cli import comma_list, entry_point
+from models.base.entry_points import comma_list, entry_point
 from models.base.config import ConfigError
 from models.base.io import atomic_write_text, refuse_to_overwrite
 

@@ -16,9 +16,10 @@ import json
 import math
 import os
 
-from evaluation.reporting import cli, plots
+from evaluation import command_line as cli
+from evaluation.reporting import plots
 from evaluation.reporting.tables import Column, fixed, render
-from models.base.cli import entry_point
+from models.base.entry_points import entry_point
 from models.base.config import ConfigError
 from models.base.io import atomic_write_text, refuse_to_overwrite
 

@@ -11,8 +11,9 @@ Examples::
 import os
 import time
 
-from evaluation.reporting import cli, plots
-from models.base.cli import entry_point
+from evaluation import command_line as cli
+from evaluation.reporting import plots
+from models.base.entry_points import entry_point
 
 
 def draw_curves(out_dir, metrics):

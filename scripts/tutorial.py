@@ -13,9 +13,9 @@ they stay small) and fills in the tutorial's text.
 import json
 import os
 
-from evaluation.reporting import cli
+from evaluation import command_line as cli
 from evaluation.reporting.tables import columns, render
-from models.base.cli import comma_list, entry_point
+from models.base.entry_points import comma_list, entry_point
 from models.base.io import atomic_write_bytes, atomic_write_text, refuse_to_overwrite
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -27,12 +27,12 @@ from inference.objectives import IWAELoss, ScaleLatents, kl_weight, make_objecti
 from inference.training import fit
 from models import ConfigError
 from models.base.config import TrainingConfig
-from models.distributions import LeanMultivariateNormal, LeanNormal
+from models.distributions import (DiagonalNormalMixture, LeanMultivariateNormal, LeanNormal,
+                                  StandardNormal)
 from models.likelihoods import (ContinuousBernoulliLikelihood, LearnedGaussianLikelihood)
 from models.linear_gaussian import log_marginal, posterior
 from models.networks import ConvDecoder, ConvEncoder
-from models.priors import (DiagonalNormalMixture, FlowPrior, MixtureOfGaussiansPrior,
-                           StandardNormal, VampPrior)
+from models.priors import FlowPrior, MixtureOfGaussiansPrior, VampPrior
 from test_estimators import linear_gaussian
 
 PRIORS = ("standard", "mog", "vamp", "flow")

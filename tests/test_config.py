@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import DATA, load_script, run_main
-from evaluation.reporting import cli
+from evaluation import command_line as cli
 from inference.build import build, resolve
 from inference.checkpoint import load_checkpoint
 from inference.log_weights import log_importance_weights
-from inference.runs import load_run
+from inference.run_life import load_run
 from models.base.config import (ConfigError, DataConfig, ModelConfig, PartSpec, RunConfig,
                                 TrainingConfig)
 from models.base.registry import Registry

@@ -25,7 +25,7 @@ from inference.checkpoint import load_checkpoint
 from inference import distributed
 from inference.distributed import ProcessGroup
 from inference.log_weights import chunk_seeds
-from inference.runs import load_run
+from inference.run_life import load_run
 from inference.training import TrainingStep, forget_stale_params
 from inference.training.gradients import DistributedGradients
 

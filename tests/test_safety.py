@@ -23,7 +23,7 @@ from inference.checkpoint import BEST, LAST, CheckpointError, load_checkpoint
 from inference.data import DataError, read_mnist
 from inference.run_folder import RunFolder
 from models.base import io
-from models.base.cli import run
+from models.base.entry_points import run
 
 TINY = ["--dataset", "synthetic", "--synthetic-num-train", "300", "--synthetic-x-dim", "20",
         "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress",

@@ -3,7 +3,7 @@ errors and diagnostics, printed as a table and written as a report (a JSON file 
 per-estimator summaries and, beside it, a CSV with one row per data point and estimator).
 
 :func:`score_run` is what ``evaluate.py`` does once its flags are checked and the run is opened
-(:func:`evaluation.reporting.cli.open_run`), and how ``reproduce.py`` gives a run its final
+(:func:`evaluation.command_line.open_run`), and how ``reproduce.py`` gives a run its final
 score.
 """
 
@@ -33,7 +33,7 @@ def score_run(opened, names, num_samples, *, ais_chains=AIS_CHAINS, run=None, sp
               options=None, seed=0, local_fit=None, guide_name="run", bdmc=None, out=None,
               progress=True, group=None, log=print):
     """Estimate log p(x) of the points ``opened.x`` of the opened run ``opened`` (a
-    :class:`evaluation.reporting.cli.OpenRun`) by each estimator of ``names``, each from the
+    :class:`evaluation.command_line.OpenRun`) by each estimator of ``names``, each from the
     random numbers of ``seed``, in this process or shared among a ``group`` of them (the first
     one prints and writes).
 

@@ -1,0 +1,179 @@
+"""From flags to the run configuration: which flag sets which setting of a
+:class:`models.base.config.RunConfig` (``CONFIG_PATHS``), which part options the part-option
+flags set (``OPTION_FLAGS``), the changes a command line makes (:func:`config_changes`), the
+estimators it names and their options, and what it allows a run to import
+(:func:`trusted_parts`). Flags left out are None, so that the configuration's defaults (or a
+resumed run's settings) apply, and so that an explicit flag can be told from a default."""
+
+from evaluation.estimators import ESTIMATORS
+from evaluation.reporting.scoring import AIS_CHAINS
+from inference.guides import GUIDES
+from inference.objectives import OBJECTIVES
+from models.base.config import ConfigError
+from models.architectures import ARCHITECTURES
+from models.likelihoods import LIKELIHOODS
+from models.priors import PRIORS
+
+
+#: flag destination -> dotted path in ``RunConfig.to_dict()``
+CONFIG_PATHS = {
+    "dataset": "data.dataset", "data_dir": "data.data_dir", "download": "data.download",
+    "binarize": "data.binarize", "num_validation": "data.num_validation",
+    "synthetic_z_dim": "data.synthetic_z_dim", "synthetic_x_dim": "data.synthetic_x_dim",
+    "synthetic_num_train": "data.synthetic_num_train", "synthetic_seed": "data.synthetic_seed",
+    "synthetic_prior": "data.synthetic_prior",
+    "z_dim": "model.z_dim", "architecture": "model.architecture.name",
+    "prior": "model.prior.name", "likelihood": "model.likelihood.name",
+    "guide": "model.guide.name",
+    "num_epochs": "training.num_epochs", "batch_size": "training.batch_size",
+    "learning_rate": "training.learning_rate", "objective": "training.objective.name",
+    "learning_rate_schedule": "training.learning_rate_schedule",
+    "adam_eps": "training.adam_eps",
+    "kl_warmup_epochs": "training.kl_warmup_epochs", "jit": "training.jit",
+    "cuda_graph": "training.cuda_graph",
+    "seed": "seed", "device": "device",
+}
+
+
+#: the swappable families: registry and the dotted path of their PartSpec
+FAMILIES = {
+    "architecture": (ARCHITECTURES, "model.architecture"),
+    "prior": (PRIORS, "model.prior"),
+    "likelihood": (LIKELIHOODS, "model.likelihood"),
+    "guide": (GUIDES, "model.guide"),
+    "objective": (OBJECTIVES, "training.objective"),
+}
+
+
+#: flags that set an option of a part: destination -> [(family, option)]; every chosen part that
+#: takes the option receives the value (``--flow-hidden`` serves the flow prior and the iaf guide)
+OPTION_FLAGS = {
+    "prior_components": [("prior", "num_components")],
+    "prior_flows": [("prior", "num_flows")],
+    "flow_hidden": [("prior", "flow_hidden"), ("guide", "flow_hidden")],
+    "sigma": [("likelihood", "sigma")],
+    "min_scale": [("likelihood", "min_scale")],
+    "guide_flows": [("guide", "num_flows")],
+    "hidden_dims": [("architecture", "hidden_dims")],
+    "activation": [("architecture", "activation")],
+    "num_particles": [("objective", "num_particles")],
+}
+
+
+def flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+class Changes(dict):
+    """{dotted path: value} of settings given on the command line; ``flags[path]`` is the flag
+    that gave each, for messages."""
+
+    def __init__(self):
+        super().__init__()
+        self.flags = {}
+
+    def set(self, path, value, given_by):
+        self[path] = value
+        self.flags[path] = given_by
+
+
+def config_changes(args, base):
+    """{dotted path: value} of the RunConfig settings the user gave on the command line.
+
+    :param base: the RunConfig the changes apply to (the defaults for a new run, the stored
+        configuration for a resumed one): part-option flags go to the part the run will use.
+    :returns: a :class:`Changes`.
+    """
+    values = vars(args)
+    changes = Changes()
+    for dest, path in CONFIG_PATHS.items():
+        if values.get(dest) is not None:
+            changes.set(path, values[dest], flag(dest))
+    chosen = {family: changes.get(f"{path}.name", base.get(f"{path}.name"))
+              for family, (_, path) in FAMILIES.items()}
+    for family, (_, path) in FAMILIES.items():
+        if chosen[family] != base.get(f"{path}.name"):
+            # Another part than the base's: it starts from its own defaults, not the old options.
+            changes.set(f"{path}.options", {}, flag(family))
+        for key, value in values.get(f"{family}_option") or ():
+            changes.set(f"{path}.options.{key}", value, f"--{family}-option {key}=")
+    for dest, targets in OPTION_FLAGS.items():
+        value = values.get(dest)
+        if value is None:
+            continue
+        applied = False
+        for family, option in targets:
+            registry, path = FAMILIES[family]
+            if option in registry.options(chosen[family]):
+                changes.set(f"{path}.options.{option}", value, flag(dest))
+                applied = True
+        if not applied:
+            parts = " or ".join(f"the {chosen[family]} {family}" for family, _ in targets)
+            raise ConfigError(f"{flag(dest)} does not apply to {parts}; drop it")
+    return changes
+
+
+def estimator_names(args, default):
+    """The estimators ``--estimator`` names, in order, without repeats; an unknown name lists the
+    valid ones. ``--estimator`` given with no name in it (``--estimator ,``) is an error, not the
+    default."""
+    names = [name for value in args.estimator for name in value]
+    if args.estimator and not names:
+        raise ConfigError(f"--estimator names no estimator; valid: {ESTIMATORS.names()}; give "
+                          f"one or more, comma-separated, or drop the flag for the default "
+                          f"({','.join(default)})")
+    for name in names:
+        ESTIMATORS.get(name)
+    return list(dict.fromkeys(names)) or list(default)
+
+
+def estimator_options(args, names, also=()):
+    """The estimator options given on the command line, checked against the chosen estimators:
+    an option that none of ``names`` takes is an error. ``also``: estimators whose options are
+    used elsewhere in the script (such as ``ais`` by ``--bdmc``)."""
+    values = vars(args)
+    chosen = list(names) + list(also)
+    options = {}
+    for option, (_, takers) in estimator_option_defaults().items():
+        value = values.get(option)
+        if value is None:
+            continue
+        # A user's module:function takes the flags of the options it shares with ours.
+        takers = takers + [name for name in chosen if name not in ESTIMATORS
+                           and option in ESTIMATORS.options(name)]
+        if not set(takers) & set(chosen):
+            which = (f"{takers[0]}, which is not" if len(takers) == 1 else
+                     f"{', '.join(takers)}, none of which is")
+            raise ConfigError(f"{flag(option)} applies to {which} among the chosen estimators "
+                              f"({', '.join(names)}); add one with --estimator or drop the flag")
+        options[option] = value
+    if values.get("ais_chains") is not None and "ais" not in chosen:
+        raise ConfigError(f"--ais-chains applies to ais, which is not among the chosen "
+                          f"estimators ({', '.join(names)}); add it with --estimator or drop "
+                          "the flag")
+    return options
+
+
+def num_samples_for(name, args):
+    """K of estimator ``name``: ``--ais-chains`` for ais, ``--num-samples`` otherwise."""
+    if name == "ais":
+        return args.ais_chains if args.ais_chains is not None else AIS_CHAINS
+    return args.num_samples
+
+
+def trusted_parts(args):
+    """What the user allows a run they open to import: every ``module:Class`` with
+    ``--trust-run``, else those they name again with ``--prior``, ``--guide``, ..."""
+    if getattr(args, "trust_run", False):
+        return True
+    return {getattr(args, family) for family in FAMILIES
+            if isinstance(getattr(args, family, None), str) and ":" in getattr(args, family)}
+
+
+def estimator_option_defaults():
+    """{option: (default, [estimators that take it])} over every registered estimator."""
+    options = {}
+    for name in ESTIMATORS:
+        for option, default in ESTIMATORS.options(name).items():
+            options.setdefault(option, (default, []))[1].append(name)
+    return options

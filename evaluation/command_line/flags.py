@@ -1,0 +1,281 @@
+"""The flag groups every script shares, so that a flag means the same thing everywhere:
+``--device``, ``--seed``, ``--no-progress``; the data, model and training settings of a run
+(each part-option flag, ``--sigma``, ``--prior-components``, ..., and
+``--<family>-option key=value`` set options of the chosen part); the evaluation flags and the
+estimators' options (defaults: the estimator functions' own); and the parsers of the scripts
+that train and that open trained runs."""
+
+import os
+
+from evaluation.command_line.config_flags import (CONFIG_PATHS, FAMILIES, OPTION_FLAGS,
+                                                  estimator_option_defaults, flag)
+from evaluation.ais import SCHEDULES
+from evaluation.estimators import ESTIMATORS
+from evaluation.reporting.scoring import AIS_CHAINS
+from inference.data import BINARIZATIONS, DATASETS, SPLITS, SYNTHETIC_PRIORS
+from inference.guides import GUIDES
+from inference.objectives import OBJECTIVES
+from models.base.entry_points import ArgumentParser, HelpFormatter, comma_list, key_value
+from models.base.config import LEARNING_RATE_SCHEDULES, ConfigError, RunConfig
+from models.architectures import ARCHITECTURES
+from models.likelihoods import LIKELIHOODS
+from models.networks import ACTIVATIONS
+from models.priors import PRIORS
+
+
+def add_common_flags(parser):
+    group = parser.add_argument_group("common")
+    group.add_argument("--device", default=None,
+                       help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    group.add_argument("--seed", type=int, default=None,
+                       help="seeds torch and Pyro: the same seed gives the same numbers on the "
+                       "CPU (default: 0; when resuming, the run's)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return group
+
+
+def config_default(dest):
+    """The default of the setting a flag sets, read from :class:`RunConfig` itself."""
+    value = RunConfig().get(CONFIG_PATHS[dest])
+    return ",".join(map(str, value)) if isinstance(value, list) else value
+
+
+def option_defaults(dest):
+    """'mog 10, vamp 500': the defaults of the option a part-option flag sets, read from the
+    signatures of the parts that take it."""
+    shown = []
+    for family, option in OPTION_FLAGS[dest]:
+        registry = FAMILIES[family][0]
+        for name in registry:
+            defaults = registry.options(name)
+            if option in defaults and defaults[option] is not None:
+                value = defaults[option]
+                value = ",".join(map(str, value)) if isinstance(value, tuple) else value
+                shown.append(str(value) if dest in GENERAL_OPTIONS else f"{name} {value}")
+    return ", ".join(dict.fromkeys(shown))
+
+
+#: part-option flags that every member of their family takes
+GENERAL_OPTIONS = ("hidden_dims", "activation", "num_particles")
+
+
+#: flag destination -> (type, help) of the settings of the data, the model and the training;
+#: the defaults shown in --help are read from RunConfig and from the parts' signatures
+DATA_FLAGS = {
+    "dataset": (str, "mnist: the full data set from --data-dir; mnist-subset: 2,000/500 images "
+                     "shipped with the package; synthetic: drawn from a known story"),
+    "download": (bool, "download MNIST into --data-dir if it is missing (needs a network)"),
+    "binarize": (str, "dynamic: fresh Bernoulli draw per use; static: one fixed draw; none: "
+                      "grey levels (default: what the likelihood needs)"),
+    "num_validation": (int, "training images held out for validation (default: 10000 for "
+                            "mnist, 200 for mnist-subset)"),
+    "synthetic_z_dim": (int, "latent dimension of the true story of --dataset synthetic"),
+    "synthetic_x_dim": (int, "data dimension of the synthetic data"),
+    "synthetic_num_train": (int, "synthetic training points; validation and test: 1000 each"),
+    "synthetic_seed": (int, "seed of the true decoder and of the synthetic draws"),
+    "synthetic_prior": (str, "the true prior of the synthetic story: N(0, I) or a mixture of 8 "
+                             "Gaussians on a circle"),
+}
+
+
+MODEL_FLAGS = {
+    "prior": (str, f"p(z): one of {PRIORS.names()}, or module:Class for your own"),
+    "prior_components": (int, "components of the mog prior or pseudo-inputs of the vamp prior"),
+    "prior_flows": (int, "masked autoregressive layers of the flow prior"),
+    "likelihood": (str, f"p(x | z): one of {LIKELIHOODS.names()}, or module:Class"),
+    "sigma": (float, "the fixed standard deviation of the gaussian likelihood"),
+    "min_scale": (float, "the smallest standard deviation of the gaussian-learned likelihood"),
+    "guide": (str, f"q(z | x): one of {GUIDES.names()} (local: at evaluation only), or "
+                   "module:Class for your own"),
+    "guide_flows": (int, "inverse autoregressive flow steps of the iaf guide"),
+    "flow_hidden": (int, "hidden units of the autoregressive networks of the flow prior and the "
+                         "iaf guide (default: max(64, 4 z_dim))"),
+    "architecture": (str, f"the networks: one of {ARCHITECTURES.names()} (conv: for 28x28 "
+                          "images; the encoder mirrors the decoder), or module:Class"),
+    "z_dim": (int, "dimension of the latent z"),
+    "hidden_dims": (comma_list(int), "encoder hidden sizes, comma-separated; the decoder "
+                                     "mirrors them"),
+    "activation": (str, f"one of {ACTIVATIONS.names()}"),
+}
+
+
+TRAINING_FLAGS = {
+    "num_epochs": (int, "passes over the training split, in total when resuming"),
+    "batch_size": (int, "minibatch size B"),
+    "learning_rate": (float, "Adam step size"),
+    "learning_rate_schedule": (str, "constant, or burda: the step size of Burda et al. (2016), "
+                                    "learning_rate * 10^(-i/7) for 3^i epochs (i = 0..7) laid "
+                                    "over --num-epochs in proportion"),
+    "adam_eps": (float, "Adam's epsilon (Burda et al.: 1e-4)"),
+    "objective": (str, f"one of {OBJECTIVES.names()}: elbo is Trace_ELBO, meanfield "
+                       "TraceMeanField_ELBO (analytic KL where it exists), iwae the "
+                       "importance-weighted bound"),
+    "num_particles": (int, "draws of z per data point and step, K of the iwae bound"),
+    "kl_warmup_epochs": (float, "scale log p(z) - log q(z|x) from ~0 to 1 over this many "
+                                "epochs (0: none)"),
+    "jit": ("switch", "compile the loss with the JIT (JitTrace_ELBO); --no-jit never does "
+                      "(default: where the objective allows it, falling back with a message "
+                      "when a model cannot be traced)"),
+    "cuda_graph": ("switch", "on CUDA, replay each training step's loss and gradients as one "
+                             "CUDA graph, captured after three steps of each minibatch size "
+                             "(one launch instead of hundreds); --no-cuda-graph never does "
+                             "(default: on CUDA where the JIT compiles the loss, falling back "
+                             "with a message where a step cannot be captured)"),
+}
+
+
+CHOICES = {"dataset": DATASETS, "binarize": BINARIZATIONS, "synthetic_prior": SYNTHETIC_PRIORS,
+           "learning_rate_schedule": LEARNING_RATE_SCHEDULES}
+
+
+def _add_flags(group, table):
+    for dest, (kind, text) in table.items():
+        default = option_defaults(dest) if dest in OPTION_FLAGS else config_default(dest)
+        if kind not in (bool, "switch") and "(default:" not in text and default not in (None, ""):
+            text += f" (default: {default})"
+        if kind == "switch":
+            switches = group.add_mutually_exclusive_group()
+            switches.add_argument(flag(dest), dest=dest, action="store_const", const=True,
+                                  default=None, help=text)
+            switches.add_argument("--no-" + flag(dest)[2:], dest=dest, action="store_const",
+                                  const=False, help=f"the opposite of {flag(dest)}")
+        elif kind is bool:
+            group.add_argument(flag(dest), action="store_true", default=None, help=text)
+        else:
+            group.add_argument(flag(dest), type=kind, default=None, choices=CHOICES.get(dest),
+                               help=text)
+        if dest in FAMILIES:
+            group.add_argument(f"--{dest}-option", type=key_value, action="append", default=[],
+                               metavar="KEY=VALUE",
+                               help=f"an option of the chosen {dest} (repeatable); the value is "
+                               "read as JSON where it parses: df=3, hidden_dims=[64,32]")
+
+
+def add_data_flags(parser, source=True):
+    """Where the data come from; ``source=False`` gives only ``--data-dir`` (scripts that open
+    a trained run, whose data settings are the run's)."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-dir", default=None,
+                       help="folder holding MNIST/raw/ (default: $VAE_DATA_DIR, else ./data"
+                       + ("" if source else "; for a trained run, the folder it was trained "
+                          "from") + ")")
+    if source:
+        _add_flags(group, DATA_FLAGS)
+    return group
+
+
+def add_model_flags(parser):
+    group = parser.add_argument_group("model and guide")
+    _add_flags(group, MODEL_FLAGS)
+    return group
+
+
+def add_training_flags(parser):
+    group = parser.add_argument_group("training")
+    _add_flags(group, TRAINING_FLAGS)
+    return group
+
+
+def make_parser(description, script):
+    """An argument parser with the project's help format; ``script`` is the script's file
+    (``__file__``), whose name the messages start with."""
+    return ArgumentParser(prog=os.path.basename(script), description=description,
+                          formatter_class=HelpFormatter)
+
+
+def make_training_parser(description, script):
+    """The parser of a script that trains a run (``train.py``, ``reproduce.py``): the data,
+    model and training flags with where the run goes and how it is opened (``--out``,
+    ``--resume``, ``--overwrite``, ``--time-budget``, ``--trust-run``), and the common flags."""
+    parser = make_parser(description, script)
+    add_data_flags(parser)
+    add_model_flags(parser)
+    group = add_training_flags(parser)
+    group.add_argument("--out", default=None,
+                       help="run folder (default: runs/<dataset>-z<z-dim>-<time>)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the files of an earlier run in --out")
+    group.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                       help="stop at the end of the last epoch that fits in this many minutes, "
+                       "with every file written; --resume continues")
+    group.add_argument("--trust-run", action="store_true",
+                       help="allow the resumed run's own parts (module:Class) to be imported; "
+                       "naming a part again (--prior my_parts:StudentT) allows that one")
+    add_common_flags(parser)
+    return parser
+
+
+def add_opened_run_flags(parser, estimator_options=False):
+    """The flags of scripts that open trained runs: the estimators' options (where the script
+    runs estimators the user names), where the data are, ``--trust-run``, ``--overwrite`` and
+    the common ones."""
+    if estimator_options:
+        add_estimator_flags(parser)
+    add_data_flags(parser, source=False)
+    group = add_common_flags(parser)
+    group.add_argument("--trust-run", action="store_true",
+                       help="allow the run's own parts (module:Class in its config) to be "
+                       "imported, which runs their modules; only for runs you trust")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace output files that exist already")
+
+
+def add_evaluation_flags(parser, default_estimators, grid=False, num_data=None):
+    """``--estimator``, ``--num-samples`` (one K, or a grid of K with ``grid``), ``--num-data``
+    and ``--split``."""
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--estimator", type=comma_list(str), action="append", default=[],
+                       help=f"comma list or repeated; of {ESTIMATORS.names()} or "
+                       f"module:function of your own (default: {','.join(default_estimators)})")
+    if grid:
+        group.add_argument("--num-samples", type=comma_list(int), default=[1, 10, 100, 1000],
+                           help="the grid of K (samples per data point), comma-separated")
+    else:
+        group.add_argument("--num-samples", type=int, default=1000,
+                           help="K, samples per data point")
+    group.add_argument("--num-data", type=int, default=num_data,
+                       help="evaluate the first N points of the split"
+                       + ("" if num_data else " (default: all)"))
+    group.add_argument("--split", choices=SPLITS, default="test")
+    return group
+
+
+ESTIMATOR_HELP = {
+    "max_batch_elements": "at most this many (sample, data point) pairs at once (default: "
+                          "about 256 MB of work per chunk)",
+    "mixture_weight": "a in the mixture proposal a q(z|x) + (1 - a) p(z)",
+    "ais_steps": "intermediate distributions T of AIS",
+    "ais_leapfrog": "leapfrog steps per HMC transition",
+    "ais_step_size": "initial HMC step size (adapted per data point)",
+    "ais_target_accept": "acceptance rate the step size adapts towards",
+    "ais_schedule": "spacing of the annealing temperatures",
+    "ais_start": "start the chains from the prior or from the guide q(z|x)",
+    "quadrature_tolerance": "refine the grid until log p-hat changes by less (nats)",
+}
+
+
+ESTIMATOR_CHOICES = {"ais_schedule": sorted(SCHEDULES), "ais_start": ("prior", "guide")}
+
+
+def add_estimator_flags(parser):
+    group = parser.add_argument_group("estimator options (each applies to the estimators named)")
+    group.add_argument("--ais-chains", type=int, default=None,
+                       help=f"AIS chains per data point: the K of ais (default: {AIS_CHAINS})")
+    for option, (default, names) in estimator_option_defaults().items():
+        kind = type(default) if default is not None else int
+        shown = "" if default is None else f"; default: {default}"
+        group.add_argument(flag(option), type=kind, default=None,
+                           choices=ESTIMATOR_CHOICES.get(option),
+                           help=f"{ESTIMATOR_HELP.get(option, option)} "
+                           f"({', '.join(names)}{shown})")
+    return group
+
+
+def check_positive(args, *names):
+    """Refuse a non-positive value of the integer flags ``names`` (where given)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag(name)} must be at least 1, got {value}")
