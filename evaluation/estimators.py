@@ -206,6 +206,19 @@ def _by_quadrature_grid(model, x, num_samples, max_batch_elements):
     return quadrature_points_per_chunk(model, x, max_batch_elements)
 
 
+@dataclass(frozen=True)
+class OwnSamples:
+    """An estimator whose K is a setting of its own rather than ``--num-samples``: AIS runs
+    ``--ais-chains`` chains per data point. Scripts add the flag ``--<option>`` (for example
+    ``--ais-chains``), score the estimator once at that K rather than on a grid of K, and
+    label it "K <unit>"."""
+
+    option: str
+    default: int
+    unit: str
+    help: str
+
+
 class EstimatorRegistry(Registry):
     """The estimators by name. Members are functions ``fn(model, guide, x, num_samples,
     **options) -> Estimate``; ``deterministic`` ones ignore K.
@@ -221,11 +234,16 @@ class EstimatorRegistry(Registry):
 
     custom_form = "module:function"
 
-    def __init__(self, entries, deterministic=(), chunking=None):
+    def __init__(self, entries, deterministic=(), chunking=None, own_samples=None,
+                 option_help=None, option_choices=None):
         super().__init__("estimator", entries, allow_custom=True,
                          context=("model", "guide", "x", "num_samples", "progress"))
         self.deterministic = set(deterministic)
         self.chunking = dict(chunking or {})
+        self.own_samples = dict(own_samples or {})
+        #: {option: what it means} and {option: the values it may take}, for the scripts' flags
+        self.option_help = dict(option_help or {})
+        self.option_choices = dict(option_choices or {})
 
     def get(self, name):
         member = super().get(name)
@@ -234,17 +252,44 @@ class EstimatorRegistry(Registry):
                               f"num_samples, **options) that returns an Estimate; got {member!r}")
         return member
 
-    def register(self, name, function, deterministic=False, chunking=None):
-        """Add an estimator of your own under ``name``; ``chunking`` as in the class doc."""
+    def register(self, name, function, deterministic=False, chunking=None, own_samples=None,
+                 option_help=None, option_choices=None):
+        """Add an estimator of your own under ``name``; ``chunking`` as in the class doc;
+        ``own_samples`` an :class:`OwnSamples` where its K is a setting of its own;
+        ``option_help`` and ``option_choices`` what its options mean and may be."""
+        self.option_help.update(option_help or {})
+        self.option_choices.update(option_choices or {})
         self._entries[name] = function
         if deterministic:
             self.deterministic.add(name)
         if chunking is not None:
             self.chunking[name] = chunking
+        if own_samples is not None:
+            self.own_samples[name] = own_samples
+
+    def own_samples_of(self, name):
+        """The :class:`OwnSamples` of estimator ``name``, or None where K is ``--num-samples``."""
+        return self.own_samples.get(name)
 
     def uses_samples(self, name):
         return name not in self.deterministic
 
+
+#: what each option of the estimators means, for the flags the scripts make of them
+OPTION_HELP = {
+    "max_batch_elements": "at most this many (sample, data point) pairs at once (default: "
+                          "about 256 MB of work per chunk)",
+    "mixture_weight": "a in the mixture proposal a q(z|x) + (1 - a) p(z)",
+    "ais_steps": "intermediate distributions T of AIS",
+    "ais_leapfrog": "leapfrog steps per HMC transition",
+    "ais_step_size": "initial HMC step size (adapted per data point)",
+    "ais_target_accept": "acceptance rate the step size adapts towards",
+    "ais_schedule": "spacing of the annealing temperatures",
+    "ais_start": "start the chains from the prior or from the guide q(z|x)",
+    "quadrature_tolerance": "refine the grid until log p-hat changes by less (nats)",
+}
+#: the values an option may take, where they are few
+OPTION_CHOICES = {"ais_schedule": sorted(annealing.SCHEDULES), "ais_start": ("prior", "guide")}
 
 ESTIMATORS = EstimatorRegistry({
     "elbo": elbo,
@@ -257,7 +302,9 @@ ESTIMATORS = EstimatorRegistry({
 }, deterministic=("exact", "quadrature"), chunking={
     "elbo": _by_samples, "importance": _by_samples, "prior": _by_samples,
     "mixture": _by_samples, "ais": _by_samples, "exact": _by_point,
-    "quadrature": _by_quadrature_grid})
+    "quadrature": _by_quadrature_grid}, own_samples={
+    "ais": OwnSamples("ais_chains", 16, "chains", "AIS chains per data point: the K of ais")},
+    option_help=OPTION_HELP, option_choices=OPTION_CHOICES)
 
 
 def validate_data(model, x):

@@ -43,9 +43,9 @@ def run_label(path):
 
 
 def sampled_once(name):
-    """Estimators scored once rather than on the K grid: ais (K = --ais-chains) and those that
-    do not sample."""
-    return name == "ais" or not ESTIMATORS.uses_samples(name)
+    """Estimators scored once rather than on the K grid: those whose K is a setting of their own
+    (ais: K = --ais-chains) and those that do not sample."""
+    return ESTIMATORS.own_samples_of(name) is not None or not ESTIMATORS.uses_samples(name)
 
 
 def evaluate_run(opened, label, names, grid, args, options, group=None):
@@ -53,7 +53,8 @@ def evaluate_run(opened, label, names, grid, args, options, group=None):
     results = {}
     seed = 0 if args.seed is None else args.seed
     for name in names:
-        sizes = [cli.num_samples_for(name, args) if name == "ais" else 0] \
+        own = ESTIMATORS.own_samples_of(name)
+        sizes = [cli.num_samples_for(name, args) if own is not None else 0] \
             if sampled_once(name) else grid
         for num_samples in sizes:
             pyro.set_rng_seed(seed)
@@ -94,7 +95,8 @@ def convergence_panels(all_results):
         for (name, k), result in results.items():
             summary = result.summary()
             if sampled_once(name):
-                references.append({"label": f"{name} ({k} chains)" if name == "ais" else name,
+                own = ESTIMATORS.own_samples_of(name)
+                references.append({"label": f"{name} ({k} {own.unit})" if own else name,
                                    "value": summary["log_px_mean"],
                                    "stderr": summary["log_px_stderr"],
                                    "colour": palette.estimator_colour(name)})
@@ -135,7 +137,7 @@ def compare(args, group=None):
     grid = sorted(set(args.num_samples))
     if not grid or min(grid) < 1:
         raise ConfigError(f"--num-samples needs positive integers, got {args.num_samples}")
-    cli.check_positive(args, "num_data", "ais_chains")
+    cli.check_positive(args, "num_data", *cli.own_sample_flags())
     options = cli.estimator_options(args, names)
     if main:
         refuse_to_overwrite([os.path.join(args.out, name) for name in OUTPUTS], args.overwrite)

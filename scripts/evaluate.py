@@ -68,7 +68,7 @@ def evaluate(args, group=None):
     :func:`evaluation.reporting.scoring.score_run`."""
     main = group is None or group.is_main
     names = cli.estimator_names(args, default=("elbo", "importance"))
-    cli.check_positive(args, "num_samples", "num_data", "ais_chains")
+    cli.check_positive(args, "num_samples", "num_data", *cli.own_sample_flags())
     check_local_flags(args)
     if args.bdmc is not None and args.bdmc < 0:
         raise ConfigError(f"--bdmc must be 0 or more, got {args.bdmc}")
@@ -80,7 +80,7 @@ def evaluate(args, group=None):
         refuse_to_overwrite([args.out, csv_path(args.out)], args.overwrite)
     # Only the first process reads the run (the others may be on machines without it).
     opened = cli.open_run(args, device=cli.start(args, group), group=group)
-    return score_run(opened, names, args.num_samples, ais_chains=cli.num_samples_for("ais", args),
+    return score_run(opened, names, args.num_samples, sample_counts=cli.own_sample_counts(args),
                      run=args.run, split=args.split, options=options,
                      seed=0 if args.seed is None else args.seed,
                      local_fit=local_fit(args, opened), guide_name=args.guide or "run",

@@ -14,25 +14,26 @@ Scripts use it as ``from evaluation import command_line as cli``.
 
 from evaluation.command_line.config_flags import (CONFIG_PATHS, FAMILIES, OPTION_FLAGS, flag,
                                                   Changes, config_changes, estimator_names,
-                                                  estimator_options, num_samples_for, trusted_parts,
-                                                  estimator_option_defaults)
+                                                  estimator_options, num_samples_for,
+                                                  own_sample_counts, own_sample_flags,
+                                                  trusted_parts, estimator_option_defaults)
 from evaluation.command_line.flags import (add_common_flags, config_default, option_defaults,
-                                           GENERAL_OPTIONS, DATA_FLAGS, MODEL_FLAGS, TRAINING_FLAGS,
-                                           CHOICES, add_data_flags, add_model_flags,
-                                           add_training_flags, make_parser, make_training_parser,
-                                           add_opened_run_flags, add_evaluation_flags,
-                                           ESTIMATOR_HELP, ESTIMATOR_CHOICES, add_estimator_flags,
+                                           GENERAL_OPTIONS, DATA_FLAGS, MODEL_FLAGS,
+                                           TRAINING_FLAGS, CHOICES, add_data_flags,
+                                           add_model_flags, add_training_flags, make_parser,
+                                           make_training_parser, add_opened_run_flags,
+                                           add_evaluation_flags, add_estimator_flags,
                                            check_positive)
 from evaluation.command_line.opening import (script_module, start, processes, time_budget,
                                              open_training, OpenRun, open_run)
 from evaluation.command_line.flag_reference import (flag_reference)
 
 __all__ = [
-    'CHOICES', 'CONFIG_PATHS', 'Changes', 'DATA_FLAGS', 'ESTIMATOR_CHOICES', 'ESTIMATOR_HELP',
-    'FAMILIES', 'GENERAL_OPTIONS', 'MODEL_FLAGS', 'OPTION_FLAGS', 'OpenRun', 'TRAINING_FLAGS',
-    'add_common_flags', 'add_data_flags', 'add_estimator_flags', 'add_evaluation_flags',
-    'add_model_flags', 'add_opened_run_flags', 'add_training_flags', 'check_positive',
-    'config_changes', 'config_default', 'estimator_names', 'estimator_option_defaults',
-    'estimator_options', 'flag', 'flag_reference', 'make_parser', 'make_training_parser',
-    'num_samples_for', 'open_run', 'open_training', 'option_defaults', 'processes',
-    'script_module', 'start', 'time_budget', 'trusted_parts']
+    'CHOICES', 'CONFIG_PATHS', 'Changes', 'DATA_FLAGS', 'FAMILIES', 'GENERAL_OPTIONS',
+    'MODEL_FLAGS', 'OPTION_FLAGS', 'OpenRun', 'TRAINING_FLAGS', 'add_common_flags',
+    'add_data_flags', 'add_estimator_flags', 'add_evaluation_flags', 'add_model_flags',
+    'add_opened_run_flags', 'add_training_flags', 'check_positive', 'config_changes',
+    'config_default', 'estimator_names', 'estimator_option_defaults', 'estimator_options',
+    'flag', 'flag_reference', 'make_parser', 'make_training_parser', 'num_samples_for',
+    'open_run', 'open_training', 'option_defaults', 'own_sample_counts', 'own_sample_flags',
+    'processes', 'script_module', 'start', 'time_budget', 'trusted_parts']

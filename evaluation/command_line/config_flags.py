@@ -6,7 +6,6 @@ estimators it names and their options, and what it allows a run to import
 resumed run's settings) apply, and so that an explicit flag can be told from a default."""
 
 from evaluation.estimators import ESTIMATORS
-from evaluation.reporting.scoring import AIS_CHAINS
 from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
 from models.base.config import ConfigError
@@ -147,17 +146,33 @@ def estimator_options(args, names, also=()):
             raise ConfigError(f"{flag(option)} applies to {which} among the chosen estimators "
                               f"({', '.join(names)}); add one with --estimator or drop the flag")
         options[option] = value
-    if values.get("ais_chains") is not None and "ais" not in chosen:
-        raise ConfigError(f"--ais-chains applies to ais, which is not among the chosen "
-                          f"estimators ({', '.join(names)}); add it with --estimator or drop "
-                          "the flag")
+    for name in ESTIMATORS:
+        own = ESTIMATORS.own_samples_of(name)
+        if own is not None and values.get(own.option) is not None and name not in chosen:
+            raise ConfigError(f"{flag(own.option)} applies to {name}, which is not among the "
+                              f"chosen estimators ({', '.join(names)}); add it with "
+                              "--estimator or drop the flag")
     return options
 
 
+def own_sample_flags():
+    """The destinations of the flags of the estimators whose K is a setting of their own
+    (``ais_chains``)."""
+    return [own.option for own in ESTIMATORS.own_samples.values()]
+
+
+def own_sample_counts(args):
+    """{estimator: K} of the estimators whose K is a setting of their own, as the flags say."""
+    return {name: num_samples_for(name, args) for name in ESTIMATORS.own_samples}
+
+
 def num_samples_for(name, args):
-    """K of estimator ``name``: ``--ais-chains`` for ais, ``--num-samples`` otherwise."""
-    if name == "ais":
-        return args.ais_chains if args.ais_chains is not None else AIS_CHAINS
+    """K of estimator ``name``: its own setting where it declares one (``--ais-chains`` for
+    ais, see :class:`evaluation.estimators.OwnSamples`), ``--num-samples`` otherwise."""
+    own = ESTIMATORS.own_samples_of(name)
+    if own is not None:
+        value = getattr(args, own.option, None)
+        return value if value is not None else own.default
     return args.num_samples
 
 

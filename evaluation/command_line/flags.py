@@ -9,9 +9,7 @@ import os
 
 from evaluation.command_line.config_flags import (CONFIG_PATHS, FAMILIES, OPTION_FLAGS,
                                                   estimator_option_defaults, flag)
-from evaluation.ais import SCHEDULES
 from evaluation.estimators import ESTIMATORS
-from evaluation.reporting.scoring import AIS_CHAINS
 from inference.data import BINARIZATIONS, DATASETS, SPLITS, SYNTHETIC_PRIORS
 from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
@@ -242,33 +240,19 @@ def add_evaluation_flags(parser, default_estimators, grid=False, num_data=None):
     return group
 
 
-ESTIMATOR_HELP = {
-    "max_batch_elements": "at most this many (sample, data point) pairs at once (default: "
-                          "about 256 MB of work per chunk)",
-    "mixture_weight": "a in the mixture proposal a q(z|x) + (1 - a) p(z)",
-    "ais_steps": "intermediate distributions T of AIS",
-    "ais_leapfrog": "leapfrog steps per HMC transition",
-    "ais_step_size": "initial HMC step size (adapted per data point)",
-    "ais_target_accept": "acceptance rate the step size adapts towards",
-    "ais_schedule": "spacing of the annealing temperatures",
-    "ais_start": "start the chains from the prior or from the guide q(z|x)",
-    "quadrature_tolerance": "refine the grid until log p-hat changes by less (nats)",
-}
-
-
-ESTIMATOR_CHOICES = {"ais_schedule": sorted(SCHEDULES), "ais_start": ("prior", "guide")}
-
-
 def add_estimator_flags(parser):
     group = parser.add_argument_group("estimator options (each applies to the estimators named)")
-    group.add_argument("--ais-chains", type=int, default=None,
-                       help=f"AIS chains per data point: the K of ais (default: {AIS_CHAINS})")
+    for name in ESTIMATORS:
+        own = ESTIMATORS.own_samples_of(name)
+        if own is not None:
+            group.add_argument(flag(own.option), type=int, default=None,
+                               help=f"{own.help} (default: {own.default})")
     for option, (default, names) in estimator_option_defaults().items():
         kind = type(default) if default is not None else int
         shown = "" if default is None else f"; default: {default}"
         group.add_argument(flag(option), type=kind, default=None,
-                           choices=ESTIMATOR_CHOICES.get(option),
-                           help=f"{ESTIMATOR_HELP.get(option, option)} "
+                           choices=ESTIMATORS.option_choices.get(option),
+                           help=f"{ESTIMATORS.option_help.get(option, option)} "
                            f"({', '.join(names)}{shown})")
     return group
 

@@ -20,16 +20,13 @@ from evaluation.reporting.tables import csv_text, per_point_rows, render
 from inference.local import fit_local_guide
 from models.base.io import atomic_write_json, atomic_write_text
 
-#: chains per data point of ais when no other number is given
-AIS_CHAINS = 16
-
 
 def csv_path(json_path):
     """The per-point CSV written beside the JSON summary."""
     return os.path.splitext(json_path)[0] + ".csv"
 
 
-def score_run(opened, names, num_samples, *, ais_chains=AIS_CHAINS, run=None, split="test",
+def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split="test",
               options=None, seed=0, local_fit=None, guide_name="run", bdmc=None, out=None,
               progress=True, group=None, log=print):
     """Estimate log p(x) of the points ``opened.x`` of the opened run ``opened`` (a
@@ -37,8 +34,11 @@ def score_run(opened, names, num_samples, *, ais_chains=AIS_CHAINS, run=None, sp
     random numbers of ``seed``, in this process or shared among a ``group`` of them (the first
     one prints and writes).
 
-    :param num_samples: K, samples per data point, of every estimator but ais, and of the gap
-        decomposition; ``ais_chains``: K of ais and the chains of BDMC.
+    :param num_samples: K, samples per data point, of every estimator whose K is not a setting
+        of its own, and of the gap decomposition.
+    :param sample_counts: {estimator: K} of the estimators whose K is a setting of their own
+        (:class:`evaluation.estimators.OwnSamples`: the chains of ais, also those of BDMC);
+        their defaults where absent.
     :param run: the run as the user named it (for the report); ``split``: the points' split.
     :param options: the estimators' options ({option: value}; each estimator takes its own).
     :param local_fit: the settings of :func:`inference.local.fit_local_guide` (``num_steps``,
@@ -51,6 +51,8 @@ def score_run(opened, names, num_samples, *, ais_chains=AIS_CHAINS, run=None, sp
     """
     main = group is None or group.is_main
     options = options or {}
+    counts = {name: own.default for name, own in ESTIMATORS.own_samples.items()}
+    counts.update(sample_counts or {})
     model, x = opened.model, opened.x
     log(f"{opened.path}: {opened.config.data.dataset} {split} split, {x.shape[0]} data "
         f"points, z_dim={opened.config.model.z_dim}, on {opened.device}")
@@ -65,7 +67,7 @@ def score_run(opened, names, num_samples, *, ais_chains=AIS_CHAINS, run=None, sp
     summaries, rows = [], []
     for name in names:
         pyro.set_rng_seed(seed)  # each estimator's numbers do not depend on the others
-        result = estimate(name, model, guide, x, ais_chains if name == "ais" else num_samples,
+        result = estimate(name, model, guide, x, counts.get(name, num_samples),
                           progress=progress and main, group=group, **options_for(name, options))
         summaries.append(result.summary())
         rows += per_point_rows(result, opened.labels)
@@ -84,7 +86,7 @@ def score_run(opened, names, num_samples, *, ais_chains=AIS_CHAINS, run=None, sp
         report["gaps"] = dict(gaps, local_steps=local_steps, num_samples=num_samples)
         log(format_gaps(gaps, num_samples))
     if bdmc and main:   # simulated points: the first process alone
-        report["bdmc"] = bdmc_report(model, bdmc, ais_chains, options, seed)
+        report["bdmc"] = bdmc_report(model, bdmc, counts["ais"], options, seed)
         log(f"BDMC on {bdmc} points simulated from the model: forward AIS "
             f"{report['bdmc']['lower']:.3f} <= log p(x) <= reverse AIS "
             f"{report['bdmc']['upper']:.3f} (gap {report['bdmc']['gap']:.3f} nats)")
