@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from models.base.config import ConfigError, DataConfig, RunConfig
+from models.base.config import (BINARIZATIONS, DATASETS, SYNTHETIC_PRIORS, ConfigError,
+                                DataConfig, RunConfig)
 from models.base.device import check_fits
 
 MNIST_FILES = (
@@ -33,8 +34,6 @@ MNIST_FILES = (
 )
 #: the IDX magic number of MNIST's files: unsigned bytes, 3 dimensions (images) or 1 (labels)
 IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
-DATASETS = ("mnist", "mnist-subset", "synthetic")
-BINARIZATIONS = ("dynamic", "static", "none")
 SPLITS = ("train", "validation", "test")
 SUBSET_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "mnist_subset.npz")
 # Seeds of the fixed Bernoulli draws, one per split; independent of the training seed on purpose.
@@ -341,9 +340,6 @@ def load_dataset(config, device="cpu"):
     dataset = _mnist_dataset(name, (train_images, test_images), (train_labels, test_labels),
                              binarize, data.num_validation)
     return dataset.to(device)
-
-
-SYNTHETIC_PRIORS = ("standard", "mixture")
 
 
 def synthetic_story(z_dim=2, x_dim=50, likelihood="bernoulli", sigma=0.1, seed=0, hidden_dim=64,

@@ -37,7 +37,7 @@ from models.base.device import resolve_device
 from models.base.registry import refuse_imports_from
 
 #: settings a resumed run may change: how long it runs and where it finds its data
-RESUMABLE = ("training.num_epochs", "device", "data.data_dir", "data.download")
+RESUMABLE = RunConfig.resumable_paths()
 
 
 def changes_for(changes, base):

@@ -14,12 +14,13 @@ import torch
 
 from conftest import DATA, load_script, run_main
 from evaluation import command_line as cli
+from evaluation.command_line import flags as flags_module
 from inference.build import build, resolve
 from inference.checkpoint import load_checkpoint
 from inference.log_weights import log_importance_weights
 from inference.run_life import load_run
 from models.base.config import (ConfigError, DataConfig, ModelConfig, PartSpec, RunConfig,
-                                TrainingConfig)
+                                TrainingConfig, setting)
 from models.base.registry import Registry
 
 LEGACY = os.path.join(DATA, "legacy_v1")
@@ -38,6 +39,38 @@ def test_every_default_comes_from_one_place_and_a_sparse_config_builds():
         "num_components"] == 10
     assert resolve(RunConfig.from_dict({"model": {"prior": "vamp"}})).model.prior.options[
         "num_components"] == 500
+
+
+def test_each_setting_is_written_once_and_its_flag_and_resume_rule_follow_from_it(
+        monkeypatch):
+    """The flags of train.py, their help and choices, and what --resume may change are read
+    from the configuration's fields: a field added there gets its flag without another edit."""
+    parser = load_script("train").make_parser()
+    # The first action of each destination: --jit before --no-jit.
+    actions = {}
+    for action in parser._actions:
+        actions.setdefault(action.dest, action)
+    for path, item in RunConfig.settings():
+        if not item.metadata["flag"]:
+            assert item.name not in actions, path
+            continue
+        action = actions[item.name]
+        assert cli.CONFIG_PATHS[item.name] == path
+        if item.metadata["flag"] is True:
+            assert action.help.startswith(item.metadata["help"].split("{names}")[0]), path
+            assert action.choices == item.metadata["choices"], path
+    assert set(RunConfig.resumable_paths()) == {
+        "training.num_epochs", "device", "data.data_dir", "data.download"}
+    # A new field of the training section: a flag in the training group, with its help.
+    fields = list(dataclasses.fields(TrainingConfig))
+    extended = dataclasses.make_dataclass(
+        "TrainingConfig", [("warmup_note", str, setting("none", "a note, for this test"))],
+        bases=(TrainingConfig,), frozen=True)
+    monkeypatch.setattr(RunConfig, "__annotations__", {**RunConfig.__annotations__,
+                                                       "training": extended})
+    assert len(dataclasses.fields(extended)) == len(fields) + 1
+    table = flags_module._section_flags("training")
+    assert table["warmup_note"] == (str, "a note, for this test", None)
 
 
 def test_unknown_keys_are_refused_with_a_suggestion():

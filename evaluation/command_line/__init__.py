@@ -19,7 +19,7 @@ from evaluation.command_line.config_flags import (CONFIG_PATHS, FAMILIES, OPTION
                                                   trusted_parts, estimator_option_defaults)
 from evaluation.command_line.flags import (add_common_flags, config_default, option_defaults,
                                            GENERAL_OPTIONS, DATA_FLAGS, MODEL_FLAGS,
-                                           TRAINING_FLAGS, CHOICES, add_data_flags,
+                                           TRAINING_FLAGS, add_data_flags,
                                            add_model_flags, add_training_flags, make_parser,
                                            make_training_parser, add_opened_run_flags,
                                            add_evaluation_flags, add_estimator_flags,
@@ -29,7 +29,7 @@ from evaluation.command_line.opening import (script_module, start, processes, ti
 from evaluation.command_line.flag_reference import (flag_reference)
 
 __all__ = [
-    'CHOICES', 'CONFIG_PATHS', 'Changes', 'DATA_FLAGS', 'FAMILIES', 'GENERAL_OPTIONS',
+    'CONFIG_PATHS', 'Changes', 'DATA_FLAGS', 'FAMILIES', 'GENERAL_OPTIONS',
     'MODEL_FLAGS', 'OPTION_FLAGS', 'OpenRun', 'TRAINING_FLAGS', 'add_common_flags',
     'add_data_flags', 'add_estimator_flags', 'add_evaluation_flags', 'add_model_flags',
     'add_opened_run_flags', 'add_training_flags', 'check_positive', 'config_changes',

@@ -5,33 +5,23 @@ estimators it names and their options, and what it allows a run to import
 (:func:`trusted_parts`). Flags left out are None, so that the configuration's defaults (or a
 resumed run's settings) apply, and so that an explicit flag can be told from a default."""
 
+import typing
+
 from evaluation.estimators import ESTIMATORS
 from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
-from models.base.config import ConfigError
+from models.base.config import ConfigError, RunConfig
+from models.base.entry_points import comma_list
 from models.architectures import ARCHITECTURES
 from models.likelihoods import LIKELIHOODS
+from models.networks import ACTIVATIONS
 from models.priors import PRIORS
 
 
-#: flag destination -> dotted path in ``RunConfig.to_dict()``
-CONFIG_PATHS = {
-    "dataset": "data.dataset", "data_dir": "data.data_dir", "download": "data.download",
-    "binarize": "data.binarize", "num_validation": "data.num_validation",
-    "synthetic_z_dim": "data.synthetic_z_dim", "synthetic_x_dim": "data.synthetic_x_dim",
-    "synthetic_num_train": "data.synthetic_num_train", "synthetic_seed": "data.synthetic_seed",
-    "synthetic_prior": "data.synthetic_prior",
-    "z_dim": "model.z_dim", "architecture": "model.architecture.name",
-    "prior": "model.prior.name", "likelihood": "model.likelihood.name",
-    "guide": "model.guide.name",
-    "num_epochs": "training.num_epochs", "batch_size": "training.batch_size",
-    "learning_rate": "training.learning_rate", "objective": "training.objective.name",
-    "learning_rate_schedule": "training.learning_rate_schedule",
-    "adam_eps": "training.adam_eps",
-    "kl_warmup_epochs": "training.kl_warmup_epochs", "jit": "training.jit",
-    "cuda_graph": "training.cuda_graph",
-    "seed": "seed", "device": "device",
-}
+#: flag destination -> dotted path in ``RunConfig.to_dict()``, for every setting that has a flag
+#: (read from :meth:`models.base.config.RunConfig.settings`)
+CONFIG_PATHS = {item.name: path for path, item in RunConfig.settings()
+                if item.metadata.get("flag")}
 
 
 #: the swappable families: registry and the dotted path of their PartSpec
@@ -44,18 +34,40 @@ FAMILIES = {
 }
 
 
-#: flags that set an option of a part: destination -> [(family, option)]; every chosen part that
-#: takes the option receives the value (``--flow-hidden`` serves the flow prior and the iaf guide)
+class PartOptionFlag(typing.NamedTuple):
+    """A flag that sets an option of a part: its type, its help, and the (family, option) pairs
+    it sets; every chosen part that takes the option receives the value (``--flow-hidden``
+    serves the flow prior and the iaf guide). Its default is the parts' own."""
+
+    kind: typing.Any
+    help: str
+    targets: tuple
+
+
+#: the part-option flags, by destination, each listed after the part it serves first
 OPTION_FLAGS = {
-    "prior_components": [("prior", "num_components")],
-    "prior_flows": [("prior", "num_flows")],
-    "flow_hidden": [("prior", "flow_hidden"), ("guide", "flow_hidden")],
-    "sigma": [("likelihood", "sigma")],
-    "min_scale": [("likelihood", "min_scale")],
-    "guide_flows": [("guide", "num_flows")],
-    "hidden_dims": [("architecture", "hidden_dims")],
-    "activation": [("architecture", "activation")],
-    "num_particles": [("objective", "num_particles")],
+    "prior_components": PartOptionFlag(
+        int, "components of the mog prior or pseudo-inputs of the vamp prior",
+        (("prior", "num_components"),)),
+    "prior_flows": PartOptionFlag(int, "masked autoregressive layers of the flow prior",
+                                  (("prior", "num_flows"),)),
+    "flow_hidden": PartOptionFlag(
+        int, "hidden units of the autoregressive networks of the flow prior and the iaf guide "
+        "(default: max(64, 4 z_dim))", (("prior", "flow_hidden"), ("guide", "flow_hidden"))),
+    "sigma": PartOptionFlag(float, "the fixed standard deviation of the gaussian likelihood",
+                            (("likelihood", "sigma"),)),
+    "min_scale": PartOptionFlag(
+        float, "the smallest standard deviation of the gaussian-learned likelihood",
+        (("likelihood", "min_scale"),)),
+    "guide_flows": PartOptionFlag(int, "inverse autoregressive flow steps of the iaf guide",
+                                  (("guide", "num_flows"),)),
+    "hidden_dims": PartOptionFlag(
+        comma_list(int), "encoder hidden sizes, comma-separated; the decoder mirrors them",
+        (("architecture", "hidden_dims"),)),
+    "activation": PartOptionFlag(str, f"one of {ACTIVATIONS.names()}",
+                                 (("architecture", "activation"),)),
+    "num_particles": PartOptionFlag(int, "draws of z per data point and step, K of the iwae "
+                                    "bound", (("objective", "num_particles"),)),
 }
 
 
@@ -96,7 +108,8 @@ def config_changes(args, base):
             changes.set(f"{path}.options", {}, flag(family))
         for key, value in values.get(f"{family}_option") or ():
             changes.set(f"{path}.options.{key}", value, f"--{family}-option {key}=")
-    for dest, targets in OPTION_FLAGS.items():
+    for dest, option_flag in OPTION_FLAGS.items():
+        targets = option_flag.targets
         value = values.get(dest)
         if value is None:
             continue

@@ -6,19 +6,14 @@ estimators' options (defaults: the estimator functions' own); and the parsers of
 that train and that open trained runs."""
 
 import os
+import typing
 
 from evaluation.command_line.config_flags import (CONFIG_PATHS, FAMILIES, OPTION_FLAGS,
                                                   estimator_option_defaults, flag)
 from evaluation.estimators import ESTIMATORS
-from inference.data import BINARIZATIONS, DATASETS, SPLITS, SYNTHETIC_PRIORS
-from inference.guides import GUIDES
-from inference.objectives import OBJECTIVES
+from inference.data import SPLITS
 from models.base.entry_points import ArgumentParser, HelpFormatter, comma_list, key_value
-from models.base.config import LEARNING_RATE_SCHEDULES, ConfigError, RunConfig
-from models.architectures import ARCHITECTURES
-from models.likelihoods import LIKELIHOODS
-from models.networks import ACTIVATIONS
-from models.priors import PRIORS
+from models.base.config import ConfigError, RunConfig
 
 
 def add_common_flags(parser):
@@ -42,7 +37,7 @@ def option_defaults(dest):
     """'mog 10, vamp 500': the defaults of the option a part-option flag sets, read from the
     signatures of the parts that take it."""
     shown = []
-    for family, option in OPTION_FLAGS[dest]:
+    for family, option in OPTION_FLAGS[dest].targets:
         registry = FAMILIES[family][0]
         for name in registry:
             defaults = registry.options(name)
@@ -57,77 +52,44 @@ def option_defaults(dest):
 GENERAL_OPTIONS = ("hidden_dims", "activation", "num_particles")
 
 
-#: flag destination -> (type, help) of the settings of the data, the model and the training;
-#: the defaults shown in --help are read from RunConfig and from the parts' signatures
-DATA_FLAGS = {
-    "dataset": (str, "mnist: the full data set from --data-dir; mnist-subset: 2,000/500 images "
-                     "shipped with the package; synthetic: drawn from a known story"),
-    "download": (bool, "download MNIST into --data-dir if it is missing (needs a network)"),
-    "binarize": (str, "dynamic: fresh Bernoulli draw per use; static: one fixed draw; none: "
-                      "grey levels (default: what the likelihood needs)"),
-    "num_validation": (int, "training images held out for validation (default: 10000 for "
-                            "mnist, 200 for mnist-subset)"),
-    "synthetic_z_dim": (int, "latent dimension of the true story of --dataset synthetic"),
-    "synthetic_x_dim": (int, "data dimension of the synthetic data"),
-    "synthetic_num_train": (int, "synthetic training points; validation and test: 1000 each"),
-    "synthetic_seed": (int, "seed of the true decoder and of the synthetic draws"),
-    "synthetic_prior": (str, "the true prior of the synthetic story: N(0, I) or a mixture of 8 "
-                             "Gaussians on a circle"),
-}
+def _kind(annotation):
+    """How a setting's flag reads its value: its type, ``"switch"`` for an optional switch
+    (``--jit`` / ``--no-jit``), ``bool`` for a plain switch (``--download``)."""
+    optional = typing.get_origin(annotation) is typing.Union
+    if optional:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        return "switch" if optional else bool
+    return annotation if annotation in (int, float) else str
 
 
-MODEL_FLAGS = {
-    "prior": (str, f"p(z): one of {PRIORS.names()}, or module:Class for your own"),
-    "prior_components": (int, "components of the mog prior or pseudo-inputs of the vamp prior"),
-    "prior_flows": (int, "masked autoregressive layers of the flow prior"),
-    "likelihood": (str, f"p(x | z): one of {LIKELIHOODS.names()}, or module:Class"),
-    "sigma": (float, "the fixed standard deviation of the gaussian likelihood"),
-    "min_scale": (float, "the smallest standard deviation of the gaussian-learned likelihood"),
-    "guide": (str, f"q(z | x): one of {GUIDES.names()} (local: at evaluation only), or "
-                   "module:Class for your own"),
-    "guide_flows": (int, "inverse autoregressive flow steps of the iaf guide"),
-    "flow_hidden": (int, "hidden units of the autoregressive networks of the flow prior and the "
-                         "iaf guide (default: max(64, 4 z_dim))"),
-    "architecture": (str, f"the networks: one of {ARCHITECTURES.names()} (conv: for 28x28 "
-                          "images; the encoder mirrors the decoder), or module:Class"),
-    "z_dim": (int, "dimension of the latent z"),
-    "hidden_dims": (comma_list(int), "encoder hidden sizes, comma-separated; the decoder "
-                                     "mirrors them"),
-    "activation": (str, f"one of {ACTIVATIONS.names()}"),
-}
+def _section_flags(section):
+    """{flag destination: (kind, help, choices)} of the settings of ``section`` (data, model
+    or training) that have a flag of the group, read from the configuration's fields, with the
+    part-option flags after the part they serve first; a part's help names its family's
+    registered names."""
+    table = {}
+    hints = typing.get_type_hints(typing.get_type_hints(RunConfig)[section])
+    for path, item in RunConfig.settings():
+        if not path.startswith(section + ".") or item.metadata.get("flag") is not True:
+            continue
+        text = item.metadata["help"]
+        if item.name in FAMILIES:
+            text = text.format(names=FAMILIES[item.name][0].names())
+        table[item.name] = (_kind(hints[item.name]), text, item.metadata.get("choices"))
+        for dest, option_flag in OPTION_FLAGS.items():
+            if option_flag.targets[0][0] == item.name:
+                table[dest] = (option_flag.kind, option_flag.help, None)
+    return table
 
 
-TRAINING_FLAGS = {
-    "num_epochs": (int, "passes over the training split, in total when resuming"),
-    "batch_size": (int, "minibatch size B"),
-    "learning_rate": (float, "Adam step size"),
-    "learning_rate_schedule": (str, "constant, or burda: the step size of Burda et al. (2016), "
-                                    "learning_rate * 10^(-i/7) for 3^i epochs (i = 0..7) laid "
-                                    "over --num-epochs in proportion"),
-    "adam_eps": (float, "Adam's epsilon (Burda et al.: 1e-4)"),
-    "objective": (str, f"one of {OBJECTIVES.names()}: elbo is Trace_ELBO, meanfield "
-                       "TraceMeanField_ELBO (analytic KL where it exists), iwae the "
-                       "importance-weighted bound"),
-    "num_particles": (int, "draws of z per data point and step, K of the iwae bound"),
-    "kl_warmup_epochs": (float, "scale log p(z) - log q(z|x) from ~0 to 1 over this many "
-                                "epochs (0: none)"),
-    "jit": ("switch", "compile the loss with the JIT (JitTrace_ELBO); --no-jit never does "
-                      "(default: where the objective allows it, falling back with a message "
-                      "when a model cannot be traced)"),
-    "cuda_graph": ("switch", "on CUDA, replay each training step's loss and gradients as one "
-                             "CUDA graph, captured after three steps of each minibatch size "
-                             "(one launch instead of hundreds); --no-cuda-graph never does "
-                             "(default: on CUDA where the JIT compiles the loss, falling back "
-                             "with a message where a step cannot be captured)"),
-}
-
-
-CHOICES = {"dataset": DATASETS, "binarize": BINARIZATIONS, "synthetic_prior": SYNTHETIC_PRIORS,
-           "learning_rate_schedule": LEARNING_RATE_SCHEDULES}
+DATA_FLAGS = _section_flags("data")
+MODEL_FLAGS = _section_flags("model")
+TRAINING_FLAGS = _section_flags("training")
 
 
 def _add_flags(group, table):
-    for dest, (kind, text) in table.items():
+    for dest, (kind, text, choices) in table.items():
         default = option_defaults(dest) if dest in OPTION_FLAGS else config_default(dest)
         if kind not in (bool, "switch") and "(default:" not in text and default not in (None, ""):
             text += f" (default: {default})"
@@ -140,7 +102,7 @@ def _add_flags(group, table):
         elif kind is bool:
             group.add_argument(flag(dest), action="store_true", default=None, help=text)
         else:
-            group.add_argument(flag(dest), type=kind, default=None, choices=CHOICES.get(dest),
+            group.add_argument(flag(dest), type=kind, default=None, choices=choices,
                                help=text)
         if dest in FAMILIES:
             group.add_argument(f"--{dest}-option", type=key_value, action="append", default=[],

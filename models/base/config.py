@@ -31,6 +31,24 @@ __all__ = ["ConfigError", "DataConfig", "ModelConfig", "PartSpec", "RunConfig", 
            "did_you_mean"]
 
 
+def setting(default, help, *, choices=None, resumable=False, flag=True):
+    """A field of the configuration with what the command line needs to know of it, so that
+    each setting is written in one place: ``help`` (its line in ``--help`` and docs/flags.md;
+    ``{names}`` in the help of a part stands for the registered names of its family),
+    ``choices`` (the values it may take, where they are few), ``resumable`` (whether
+    ``--resume`` may change it) and ``flag`` (True: a flag of the data, model or training
+    group; ``"own"``: a flag that a group of its own adds, such as ``--data-dir``, ``--seed``
+    and ``--device``; False: no flag, for settings that come from the data)."""
+    return field(default=default, metadata={"help": help, "choices": choices,
+                                            "resumable": resumable, "flag": flag})
+
+
+#: the data sets, binarizations and synthetic priors of :class:`DataConfig`
+DATASETS = ("mnist", "mnist-subset", "synthetic")
+BINARIZATIONS = ("dynamic", "static", "none")
+SYNTHETIC_PRIORS = ("standard", "mixture")
+
+
 class ConfigError(ValueError):
     """A configuration names something that does not exist or does not fit together."""
 
@@ -202,19 +220,29 @@ class _Section:
 class DataConfig(_Section):
     """Which data set, read from where, binarized how (see :mod:`inference.data`)."""
 
-    dataset: str = "mnist"
-    #: folder holding MNIST/raw/; None: $VAE_DATA_DIR, else ./data
-    data_dir: typing.Optional[str] = None
-    download: bool = False
-    #: dynamic, static or none; None: what the likelihood needs
-    binarize: typing.Optional[str] = None
-    #: training images held out for validation; None: the data set's default
-    num_validation: typing.Optional[int] = None
-    synthetic_z_dim: int = 2
-    synthetic_x_dim: int = 50
-    synthetic_num_train: int = 5000
-    synthetic_seed: int = 0
-    synthetic_prior: str = "standard"
+    dataset: str = setting(
+        "mnist", "mnist: the full data set from --data-dir; mnist-subset: 2,000/500 images "
+        "shipped with the package; synthetic: drawn from a known story", choices=DATASETS)
+    #: folder holding MNIST/raw/; None: $VAE_DATA_DIR, else ./data (its flag: add_data_flags)
+    data_dir: typing.Optional[str] = setting(None, "folder holding MNIST/raw/", flag="own",
+                                             resumable=True)
+    download: bool = setting(False, "download MNIST into --data-dir if it is missing (needs a "
+                             "network)", resumable=True)
+    binarize: typing.Optional[str] = setting(
+        None, "dynamic: fresh Bernoulli draw per use; static: one fixed draw; none: grey levels "
+        "(default: what the likelihood needs)", choices=BINARIZATIONS)
+    num_validation: typing.Optional[int] = setting(
+        None, "training images held out for validation (default: 10000 for mnist, 200 for "
+        "mnist-subset)")
+    synthetic_z_dim: int = setting(2, "latent dimension of the true story of --dataset "
+                                   "synthetic")
+    synthetic_x_dim: int = setting(50, "data dimension of the synthetic data")
+    synthetic_num_train: int = setting(5000, "synthetic training points; validation and test: "
+                                       "1000 each")
+    synthetic_seed: int = setting(0, "seed of the true decoder and of the synthetic draws")
+    synthetic_prior: str = setting(
+        "standard", "the true prior of the synthetic story: N(0, I) or a mixture of 8 Gaussians "
+        "on a circle", choices=SYNTHETIC_PRIORS)
 
     def validate(self):
         self._at_least("num_validation", 0, optional=True)
@@ -226,15 +254,21 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The generative story p(z) p(x | z) and the guide q(z | x): dimensions and parts."""
 
-    z_dim: int = 50
+    z_dim: int = setting(50, "dimension of the latent z")
     #: features of one data point; None until the data set is known
-    x_dim: typing.Optional[int] = None
+    x_dim: typing.Optional[int] = setting(None, "features of one data point", flag=False)
     #: (height, width) of image data, for the conv architecture and the figures
-    image_shape: typing.Optional[tuple] = None
-    architecture: PartSpec = PartSpec("mlp")
-    prior: PartSpec = PartSpec("standard")
-    likelihood: PartSpec = PartSpec("bernoulli")
-    guide: PartSpec = PartSpec("diagonal")
+    image_shape: typing.Optional[tuple] = setting(None, "(height, width) of image data",
+                                                  flag=False)
+    architecture: PartSpec = setting(
+        PartSpec("mlp"), "the networks: one of {names} (conv: for 28x28 images; the encoder "
+        "mirrors the decoder), or module:Class")
+    prior: PartSpec = setting(PartSpec("standard"), "p(z): one of {names}, or module:Class for "
+                              "your own")
+    likelihood: PartSpec = setting(PartSpec("bernoulli"), "p(x | z): one of {names}, or "
+                                   "module:Class")
+    guide: PartSpec = setting(PartSpec("diagonal"), "q(z | x): one of {names} (local: at "
+                              "evaluation only), or module:Class for your own")
 
     def validate(self):
         self._at_least("z_dim", 1)
@@ -269,26 +303,35 @@ LEARNING_RATE_SCHEDULES = ("constant", "burda")
 class TrainingConfig(_Section):
     """How SVI trains the model and guide (see :mod:`inference.training`)."""
 
-    num_epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    #: how the step size changes with the epochs (see ``inference.training.learning_rate_at``):
-    #: constant, or burda (Burda et al. 2016: 1e-3 * 10^(-i/7) for 3^i epochs, laid over
-    #: num_epochs)
-    learning_rate_schedule: str = "constant"
+    num_epochs: int = setting(10, "passes over the training split, in total when resuming",
+                              resumable=True)
+    batch_size: int = setting(128, "minibatch size B")
+    learning_rate: float = setting(1e-3, "Adam step size")
+    #: how the step size changes with the epochs (see ``inference.training.learning_rate_at``)
+    learning_rate_schedule: str = setting(
+        "constant", "constant, or burda: the step size of Burda et al. (2016), learning_rate * "
+        "10^(-i/7) for 3^i epochs (i = 0..7) laid over --num-epochs in proportion",
+        choices=LEARNING_RATE_SCHEDULES)
     #: Adam's epsilon (Burda et al. used 1e-4; torch's default is 1e-8)
-    adam_eps: float = 1e-8
-    objective: PartSpec = PartSpec("elbo")
+    adam_eps: float = setting(1e-8, "Adam's epsilon (Burda et al.: 1e-4)")
+    objective: PartSpec = setting(
+        PartSpec("elbo"), "one of {names}: elbo is Trace_ELBO, meanfield TraceMeanField_ELBO "
+        "(analytic KL where it exists), iwae the importance-weighted bound")
     #: epochs over which the weight of log p(z) - log q(z | x) grows from ~0 to 1
-    kl_warmup_epochs: float = 0.0
-    #: compile the loss with the JIT: None (default) where the objective allows it, True
-    #: insists (an error where it cannot), False never
-    jit: typing.Optional[bool] = None
-    #: on CUDA, replay the loss and its gradients as one CUDA graph per minibatch size, captured
-    #: after a few steps of that size (see inference.training.TrainingStep): None (default)
-    #: where the JIT compiles the loss, True insists (an error without CUDA or the JIT), False
-    #: never
-    cuda_graph: typing.Optional[bool] = None
+    kl_warmup_epochs: float = setting(0.0, "scale log p(z) - log q(z|x) from ~0 to 1 over this "
+                                      "many epochs (0: none)")
+    #: None (default) where the objective allows it, True insists, False never
+    jit: typing.Optional[bool] = setting(
+        None, "compile the loss with the JIT (JitTrace_ELBO); --no-jit never does (default: "
+        "where the objective allows it, falling back with a message when a model cannot be "
+        "traced)")
+    #: None (default) where the JIT compiles the loss, True insists (an error without CUDA or
+    #: the JIT), False never (see inference.training.cuda_graphs)
+    cuda_graph: typing.Optional[bool] = setting(
+        None, "on CUDA, replay each training step's loss and gradients as one CUDA graph, "
+        "captured after three steps of each minibatch size (one launch instead of hundreds); "
+        "--no-cuda-graph never does (default: on CUDA where the JIT compiles the loss, falling "
+        "back with a message where a step cannot be captured)")
 
     def validate(self):
         self._at_least("num_epochs", 1)
@@ -313,9 +356,9 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
-    seed: int = 0
+    seed: int = setting(0, "seeds torch and Pyro", flag="own")
     #: auto, cpu, cuda or cuda:N
-    device: str = "auto"
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", flag="own", resumable=True)
 
     def validate(self):
         check_seed(self.seed)
@@ -336,6 +379,25 @@ class RunConfig(_Section):
                 target = target.setdefault(key, {})
             target[last] = value
         return RunConfig.from_dict(data)
+
+    @classmethod
+    def settings(cls):
+        """(dotted path, field) of every setting, section by section in field order; the path
+        of a part is that of its name (``model.prior.name``), which its flag sets."""
+        for section in dataclasses.fields(cls):
+            inner = typing.get_type_hints(cls)[section.name]
+            if isinstance(inner, type) and issubclass(inner, _Section):
+                for item in dataclasses.fields(inner):
+                    part = typing.get_type_hints(inner)[item.name] is PartSpec
+                    yield f"{section.name}.{item.name}{'.name' if part else ''}", item
+            else:
+                yield section.name, section
+
+    @classmethod
+    def resumable_paths(cls):
+        """The settings that ``--resume`` may change: how long a run trains and where it runs
+        and finds its data."""
+        return tuple(path for path, item in cls.settings() if item.metadata.get("resumable"))
 
     def get(self, path):
         """The value at a dotted ``path`` of :meth:`to_dict` (KeyError if absent)."""
