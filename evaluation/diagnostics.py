@@ -12,6 +12,9 @@ log w[k, n] = log p(x_n, z_kn) - log r(z_kn | x_n) for a proposal r. Nothing her
 - :class:`WeightSummary`: all of these accumulated chunk by chunk, so that K x N weights never
   have to be held at once (any K runs in bounded memory) and the numbers do not depend on how
   the weights were chunked.
+
+(Over 300 lines: every statistic is computed twice, from all K weights at once and streamed
+chunk by chunk, and the two are kept side by side so that they stay the same numbers.)
 """
 
 import math

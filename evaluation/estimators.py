@@ -18,6 +18,9 @@ ais        annealed importance sampling, prior -> posterior (Neal 2001) T x L gr
 exact      log N(x | b, W W^T + sigma^2 I)                              linear-Gaussian only
 quadrature grid integration of p(x | z) p(z)                            z_dim <= 2
 ========== =========================================================== ==========================
+
+(Over 300 lines: seven short estimator functions, their registry with what each declares, and
+the one ``estimate`` that runs, times and shares any of them; the maths lives elsewhere.)
 """
 
 import inspect

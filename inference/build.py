@@ -9,7 +9,7 @@ from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
 from models.base.config import ConfigError, ModelConfig, RunConfig
 from models.base.device import MemoryTooSmall, check_fits
-from models.build import build_context, build_model, build_part, resolve_model_config
+from models.assembly import build_context, build_model, build_part, resolve_model_config
 
 
 def resolve(config):

@@ -55,7 +55,7 @@ class Guide(nn.Module):
 
     @classmethod
     def build(cls, context, **options):
-        """The guide for a :class:`models.build.BuildContext` and its options."""
+        """The guide for a :class:`models.assembly.BuildContext` and its options."""
         return cls(context.x_dim, context.z_dim, **options)
 
     def distribution(self, x):

@@ -14,6 +14,9 @@ every plate of the model, and the (particle, data point) grid is cut into chunks
 
 Nothing here disables gradients: callers that only evaluate wrap calls in ``torch.no_grad()``;
 objectives such as the IWAE bound differentiate through these weights.
+
+(Over 300 lines: the chunking, the per-point reduction of every site, the graphs the JIT traces
+of a chunk and the seeding of each chunk all serve the one computation of log w[k, n].)
 """
 
 import collections

@@ -2,7 +2,7 @@
 likelihoods), the linear-Gaussian reference model, and the shared base in ``models.base``."""
 
 from models.base.config import ConfigError, ModelConfig, PartSpec, RunConfig
-from models.build import BuildContext, build_model, build_prior, resolve_model_config
+from models.assembly import BuildContext, build_model, build_prior, resolve_model_config
 from models.architectures import ARCHITECTURES, Architecture
 from models.likelihoods import LIKELIHOODS, Likelihood
 from models.priors import PRIORS, Prior

@@ -42,7 +42,7 @@ class Prior(nn.Module):
 
     @classmethod
     def build(cls, context, **options):
-        """The prior for a :class:`models.build.BuildContext` and its options."""
+        """The prior for a :class:`models.assembly.BuildContext` and its options."""
         return cls(context.z_dim, **options)
 
     def forward(self):

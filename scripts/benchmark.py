@@ -22,6 +22,9 @@ machines, absolute times only on the same device::
     python scripts/benchmark.py --quick              # about a minute on two CPU cores
     python scripts/benchmark.py --device cuda --data-dir ../data
     python scripts/benchmark.py --quick --markdown docs/results/benchmarks/history.md
+
+(Over 300 lines: the hand-written PyTorch reference of the same computation lives here, beside
+the timing of the project's step and estimate against it.)
 """
 
 import math

@@ -16,6 +16,9 @@ else; the defaults of everything else are the field defaults below.
 ``from_dict`` refuses unknown keys with a "did you mean" suggestion, and converts the flat dicts
 that checkpoints of format version 1 stored. ``to_dict`` gives plain JSON-ready data, which is
 what ``config.json`` and every checkpoint hold.
+
+(Over 300 lines: each setting is written once, with its default, type, checks, help and resume
+rule, so the whole schema is here; the conversion of version-1 checkpoints is its last part.)
 """
 
 import dataclasses

@@ -1,4 +1,6 @@
-"""Build the generative model a :class:`models.base.config.ModelConfig` describes.
+"""The assembly of the generative model p(z) p(x | z) from its parts, as a
+:class:`models.base.config.ModelConfig` describes it (:func:`build_model`); the guide joins it
+in :mod:`inference.build`, which builds the model and the guide of a run together.
 
 Every part is built by its family's base class from a :class:`BuildContext` (the dimensions, the
 architecture and, for parts shared with the guide, the guide) and the part's own options, which
