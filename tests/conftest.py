@@ -103,3 +103,17 @@ def small_args(z_dim=4):
     args = list(SMALL)
     args[args.index("--z-dim") + 1] = str(z_dim)
     return args
+
+
+#: a tiny run on synthetic data: seconds to train, for the tests of run folders and scripts
+TINY = ["--dataset", "synthetic", "--synthetic-num-train", "300", "--synthetic-x-dim", "20",
+        "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished two-epoch run of :data:`TINY` (one per test module; copy it to change it)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    run_main("train", *TINY, "--num-epochs", "2", "--out", out)
+    return out

@@ -39,6 +39,23 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def in_two_processes(target, *args, timeout=120):
+    """Run ``target(rank, 2, port, *args, results)`` in two spawned processes joined by gloo on a
+    free port; {rank: what each put into ``results``} once both ended well."""
+    context = torch.multiprocessing.get_context("spawn")
+    port = free_port()
+    with context.Manager() as manager:
+        results = manager.dict()
+        processes = [context.Process(target=target, args=(rank, 2, port, *args, results))
+                     for rank in range(2)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout)
+        assert all(process.exitcode == 0 for process in processes)
+        return dict(results)
+
+
 def torchrun(nproc, script, *args, timeout=240, env=None):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={nproc}", os.path.join(ROOT, "scripts", script),
@@ -225,18 +242,7 @@ def test_two_processes_give_the_gradient_of_one():
     """For the plain and the JIT-compiled loss, and for the IWAE bound with a mixture prior."""
     torch.manual_seed(3)
     x = torch.bernoulli(torch.full((9, 20), 0.3))   # 9 points: shares of 4 and 5
-    context = torch.multiprocessing.get_context("spawn")
-    port = free_port()
-    with context.Manager() as manager:
-        results = manager.dict()
-        processes = [context.Process(target=_worker, args=(rank, 2, port, x, results))
-                     for rank in range(2)]
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.join(120)
-        assert all(process.exitcode == 0 for process in processes)
-        gradients = dict(results)
+    gradients = in_two_processes(_worker, x)
     for index, settings in enumerate(SETTINGS):
         expected = _gradients(x, 1000, **settings)
         for rank in range(2):
@@ -393,19 +399,8 @@ def _only_rank_0_sees_the_run(rank, size, port, run, tmp, results):
 
 @pytest.mark.slow
 def test_only_the_first_process_needs_the_run_folder_to_evaluate_it(tmp_path, tiny_run):
-    context = torch.multiprocessing.get_context("spawn")
-    port = free_port()
-    with context.Manager() as manager:
-        results = manager.dict()
-        processes = [context.Process(target=_only_rank_0_sees_the_run,
-                                     args=(rank, 2, port, str(tiny_run), str(tmp_path), results))
-                     for rank in range(2)]
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.join(180)
-        assert all(process.exitcode == 0 for process in processes)
-        results = dict(results)
+    results = in_two_processes(_only_rank_0_sees_the_run, str(tiny_run), str(tmp_path),
+                               timeout=180)
     model, guide, _, config, checkpoint = load_run(str(tiny_run))
     for rank in range(2):
         assert results[rank]["checkpoint"] == checkpoint   # rank 0's file, read there alone

@@ -8,17 +8,13 @@ import time
 import pytest
 import torch
 
-from conftest import refused, run_main, small_config
+from conftest import TINY, refused, small_config
 from evaluation.diagnostics import WeightSummary, psis_tail_size
 from evaluation.estimators import estimate
 from inference import log_weights as log_weights_module
 from inference.build import build
 from inference.checkpoint import BEST
 from models.base.device import MemoryTooSmall, available_memory
-
-TINY = ["--dataset", "synthetic", "--synthetic-num-train", "300", "--synthetic-x-dim", "20",
-        "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress",
-        "--device", "cpu"]
 
 
 def resident_bytes():
@@ -71,13 +67,6 @@ def test_tiles_are_counted_as_they_are_listed():
         assert sum(counted.values()) == len(listed)
         assert all(counted[shape] == shapes.count(shape) for shape in set(shapes))
     assert sum(log_weights_module.tile_shapes(100, 10 ** 9, 10 ** 4).values()) == 10 ** 7
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    run_main("train", *TINY, "--num-epochs", "1", "--out", out)
-    return out
 
 
 def test_bdmc_of_a_billion_points_is_refused_in_one_line(tiny_run, capsys):

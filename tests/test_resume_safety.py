@@ -10,20 +10,9 @@ import sys
 import pytest
 import torch
 
-from conftest import refused, run_main
+from conftest import TINY, refused, run_main
 from inference.checkpoint import BEST, LAST, load_checkpoint
 from inference.run_folder import LOCK, RunFolder, RunFolderError
-
-TINY = ["--dataset", "synthetic", "--synthetic-num-train", "300", "--synthetic-x-dim", "20",
-        "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress",
-        "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    run_main("train", *TINY, "--num-epochs", "2", "--out", out)
-    return out
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL, refused, run_main, small_config
+from conftest import SMALL, TINY, refused, run_main, small_config
 from evaluation.diagnostics import TAIL_BYTES, WeightSummary, summarize_weights
 from evaluation.estimators import estimate
 from inference import log_weights as log_weights_module
@@ -24,17 +24,6 @@ from inference.data import DataError, read_mnist
 from inference.run_folder import RunFolder
 from models.base import io
 from models.base.entry_points import run
-
-TINY = ["--dataset", "synthetic", "--synthetic-num-train", "300", "--synthetic-x-dim", "20",
-        "--z-dim", "2", "--hidden-dims", "8", "--batch-size", "100", "--no-progress",
-        "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "run"
-    run_main("train", *TINY, "--num-epochs", "2", "--out", out)
-    return out
 
 
 def planted(run_dir, target, **config_changes):
