@@ -204,20 +204,7 @@ def bdmc(model, num_data, num_chains=4, *, num_steps=STEPS, num_leapfrog=LEAPFRO
     """
     num_chains = _check_settings(num_chains, num_steps, num_leapfrog, step_size, target_accept,
                                  schedule)
-    if isinstance(num_data, bool) or int(num_data) != num_data or num_data < 1:
-        raise ValueError(f"BDMC needs at least one simulated point (--bdmc), got {num_data}")
-    num_data = int(num_data)
-    # One point to learn the sizes, drawn beside the random stream of the simulation.
-    devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1] \
-        if isinstance(model, torch.nn.Module) else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
-        one = poutine.trace(model).get_trace(batch_size=1)
-    x_one, z_one = one.nodes["x"]["value"], one.nodes["z"]["value"]
-    needed = num_data * (x_one.numel() + z_one.numel() + 3) * x_one.element_size()
-    if needed > BDMC_BYTES:
-        raise ValueError(f"BDMC on {num_data} simulated points would hold "
-                         f"{needed / 2 ** 30:.1f} GiB of them (limit "
-                         f"{BDMC_BYTES / 2 ** 30:.0f} GiB); simulate fewer points (--bdmc)")
+    num_data, x_one = check_bdmc_fits(model, num_data)
     if max_batch_elements is None:
         max_batch_elements = default_max_batch_elements(x_one.numel(), x_one.device)
     if num_chains > max_batch_elements:
@@ -248,3 +235,23 @@ def bdmc(model, num_data, num_chains=4, *, num_steps=STEPS, num_leapfrog=LEAPFRO
 
 #: at most this many bytes for the points BDMC simulates and returns
 BDMC_BYTES = 2 ** 30
+
+
+def check_bdmc_fits(model, num_data):
+    """Refuse, before any work, a number of points to simulate for BDMC that is not a positive
+    whole number or whose points cannot be held (``BDMC_BYTES``). Returns (num_data, one
+    simulated x), the latter drawn beside the random stream of the simulation."""
+    if isinstance(num_data, bool) or int(num_data) != num_data or num_data < 1:
+        raise ValueError(f"BDMC needs at least one simulated point (--bdmc), got {num_data}")
+    num_data = int(num_data)
+    devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1] \
+        if isinstance(model, torch.nn.Module) else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+        one = poutine.trace(model).get_trace(batch_size=1)
+    x_one, z_one = one.nodes["x"]["value"], one.nodes["z"]["value"]
+    needed = num_data * (x_one.numel() + z_one.numel() + 3) * x_one.element_size()
+    if needed > BDMC_BYTES:
+        raise ValueError(f"BDMC on {num_data} simulated points would hold "
+                         f"{needed / 2 ** 30:.1f} GiB of them (limit "
+                         f"{BDMC_BYTES / 2 ** 30:.0f} GiB); simulate fewer points (--bdmc)")
+    return num_data, x_one

@@ -69,9 +69,14 @@ def test_tiles_are_counted_as_they_are_listed():
     assert sum(log_weights_module.tile_shapes(100, 10 ** 9, 10 ** 4).values()) == 10 ** 7
 
 
-def test_bdmc_of_a_billion_points_is_refused_in_one_line(tiny_run, capsys):
+def test_bdmc_of_a_billion_points_is_refused_in_one_line_before_any_estimate(
+        tiny_run, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(log_weights_module, "_chunk_log_weights",
+                        lambda *args: calls.append(args))
     line = refused(capsys, "evaluate", tiny_run, "--num-data", "2", "--bdmc", "1000000000")
     assert "BDMC on 1000000000 simulated points would hold" in line and "--bdmc" in line
+    assert calls == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 import pyro
 import torch
 
-from evaluation.ais import bdmc as bdmc_sandwich
+from evaluation.ais import bdmc as bdmc_sandwich, check_bdmc_fits
 from evaluation.estimators import ESTIMATORS, estimate, options_for
 from evaluation.gaps import gap_decomposition, summarize_gaps
 from evaluation.reporting.tables import csv_text, per_point_rows, render
@@ -54,6 +54,8 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
     counts = {name: own.default for name, own in ESTIMATORS.own_samples.items()}
     counts.update(sample_counts or {})
     model, x = opened.model, opened.x
+    if bdmc:
+        check_bdmc_fits(model, bdmc)   # before any work, not after the estimates
     log(f"{opened.path}: {opened.config.data.dataset} {split} split, {x.shape[0]} data "
         f"points, z_dim={opened.config.model.z_dim}, on {opened.device}")
     guide, local_steps = opened.guide, None
