@@ -93,8 +93,9 @@ def check_resumable(checkpoint, metric_fields=("epoch", "train_elbo", "validatio
     if len(metrics) != epoch:
         raise damaged(checkpoint, "metrics", f"{len(metrics)} rows of history for {epoch} "
                       "finished epochs")
+    # kl_weight: runs begun before KL warm-up existed kept none in their history.
+    required = [field for field in metric_fields if field != "kl_weight"]
     for number, row in enumerate(metrics, 1):
-        required = [field for field in metric_fields if field != "kl_weight"]
         if not isinstance(row, dict) or not all(_number(row.get(field)) for field in required) \
                 or row["epoch"] != number:
             raise damaged(checkpoint, "metrics", f"row {number} of the history is not the "
@@ -230,21 +231,26 @@ def load_checkpoint(path, map_location="cpu", prefer=BEST, trust=()):
         names allowed (``--trust-run``, or naming the part again on the command line).
     """
     checkpoint = read_checkpoint(path, map_location, prefer)
-    path, config = checkpoint["path"], checkpoint["config"]
+    path = checkpoint["path"]
+    check_trusted(checkpoint["config"], trust, path, CheckpointError)
     try:
-        untrusted = [f"the {family} {name!r}" for family, name in custom_parts(config)
-                     if not (trust is True or name in (trust or ()))]
-        if untrusted:
-            raise CheckpointError(
-                f"{path} names code to import: {', '.join(untrusted)}. Loading it would run "
-                "that module. If the module is yours and you trust where this run came from, "
-                "pass --trust-run (from Python: trust=True)")
         with refuse_imports_from(run_folder_of(path)):
-            checkpoint["config"] = resolve(config)
+            checkpoint["config"] = resolve(checkpoint["config"])
     except ConfigError as error:
         raise CheckpointError(f"{path} holds a configuration this project cannot use: "
                               f"{error}") from error
     return checkpoint
+
+
+def check_trusted(config, trust, path, error=ConfigError):
+    """Refuse a configuration read from ``path`` that names code to import (``module:Class``
+    parts) which ``trust`` does not allow: True allows every one, a collection those named."""
+    untrusted = [f"the {family} {name!r}" for family, name in custom_parts(config)
+                 if not (trust is True or name in (trust or ()))]
+    if untrusted:
+        raise error(f"{path} names code to import: {', '.join(untrusted)}. Loading it would "
+                    "run that module. If the module is yours and you trust where this run came "
+                    "from, pass --trust-run (from Python: trust=True)")
 
 
 def load_state(module, state, what, path):

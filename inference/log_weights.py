@@ -79,9 +79,7 @@ def chunks(num_data, num_samples, max_batch_elements):
     """Yield (data slice, particle slice) pairs that tile the K x N grid in chunks of at most
     ``max_batch_elements`` pairs: whole particle columns for as many data points as fit, or, when
     K alone exceeds the budget, one data point at a time in blocks of particles."""
-    max_batch_elements = int(max_batch_elements)
-    data_step = min(num_data, points_per_chunk(num_samples, max_batch_elements))
-    particle_step = num_samples if max_batch_elements >= num_samples else max_batch_elements
+    data_step, particle_step = _steps(num_data, num_samples, max_batch_elements)
     for start in range(0, num_data, data_step):
         for k_start in range(0, num_samples, particle_step):
             yield (slice(start, min(start + data_step, num_data)),
@@ -92,16 +90,23 @@ def tile_shapes(num_data, num_samples, max_batch_elements):
     """{(points, particles): how many tiles of :func:`chunks` have that shape}, counted without
     listing the tiles (at most four shapes: full or last block of points, full or last block of
     particles)."""
-    max_batch_elements = int(max_batch_elements)
     if num_data == 0:
         return collections.Counter()
-    data_step = min(num_data, points_per_chunk(num_samples, max_batch_elements))
-    particle_step = num_samples if max_batch_elements >= num_samples else max_batch_elements
+    data_step, particle_step = _steps(num_data, num_samples, max_batch_elements)
     counts = collections.Counter()
     for points, data_blocks in _blocks(num_data, data_step):
         for particles, particle_blocks in _blocks(num_samples, particle_step):
             counts[points, particles] += data_blocks * particle_blocks
     return counts
+
+
+def _steps(num_data, num_samples, max_batch_elements):
+    """(points, particles) of a full tile: whole particle columns for as many points as fit,
+    or, when K alone exceeds the budget, one point at a time in blocks of particles."""
+    max_batch_elements = int(max_batch_elements)
+    data_step = min(num_data, points_per_chunk(num_samples, max_batch_elements))
+    particle_step = num_samples if max_batch_elements >= num_samples else max_batch_elements
+    return data_step, particle_step
 
 
 def _blocks(total, step):

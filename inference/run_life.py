@@ -27,7 +27,7 @@ from typing import Any, Optional
 import pyro
 
 from inference.build import build, resolve
-from inference.checkpoint import (LAST, custom_parts, load_checkpoint, load_state, restore,
+from inference.checkpoint import (LAST, check_trusted, load_checkpoint, load_state, restore,
                                   run_folder_of)
 from inference.data import default_data_dir, load_dataset, resolve_binarize
 from inference.run_folder import RunFolder
@@ -71,10 +71,7 @@ def read_config(path, trust=()):
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{path} is not a readable run configuration ({error}); pass "
                           "--overwrite to start afresh") from error
-    untrusted = [name for _, name in custom_parts(config) if not (trust is True or name in trust)]
-    if untrusted:
-        raise ConfigError(f"{path} names code to import ({', '.join(untrusted)}); pass "
-                          "--trust-run if the run is yours")
+    check_trusted(config, trust, path)
     with refuse_imports_from(run_folder_of(path)):
         return resolve(config), run
 

@@ -106,8 +106,7 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
     batch_size = min(training.batch_size, num_data)
     num_batches = math.ceil(num_data / batch_size)
     device = train.images.device
-    watch = DivergenceWatch(training.learning_rate)
-    everything = [LearningRateSchedule(), SubnormalFlush(), watch,
+    everything = [LearningRateSchedule(), SubnormalFlush(), DivergenceWatch(training.learning_rate),
                   ProgressBar(num_batches, training.num_epochs, progress), RunFiles(after_epoch),
                   EpochLog()]
     if time_budget is not None:
@@ -115,6 +114,7 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
     everything += list(callbacks)
 
     model.train(), guide.train()
+    read_yet = False
     for epoch in range(start_epoch + 1, training.num_epochs + 1):
         start = time.perf_counter()
         for callback in everything:
@@ -135,7 +135,7 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
             steps, window_steps = steps + 1, window_steps + 1
             for callback in everything:
                 callback.step_end(loop, epoch, steps)
-            if steps % CHECK_EVERY == 0 or steps == num_batches or watch.first is None:
+            if steps % CHECK_EVERY == 0 or steps == num_batches or not read_yet:
                 # The one read of the device in CHECK_EVERY steps (and at the very first step,
                 # whose loss is the yardstick of divergence); with several processes the mean
                 # of their losses, so that all of them decide alike.
@@ -144,7 +144,7 @@ def fit(model, guide, dataset, config, out_dir, *, checkpoint=None, progress=Tru
                 elbo = -window.item() / window_steps / num_data
                 for callback in everything:
                     callback.losses_read(loop, epoch, steps, elbo)
-                window, window_steps = torch.zeros((), device=device), 0
+                window, window_steps, read_yet = torch.zeros((), device=device), 0, True
         if group is not None:
             total = group.sum(total) / group.size
         train_elbo = -total.item() / steps / num_data
