@@ -8,7 +8,7 @@ import torch
 from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
 from models.base.config import ConfigError, ModelConfig, RunConfig
-from models.base.device import MemoryTooSmall, check_fits
+from models.utilities.device import MemoryTooSmall, check_fits
 from models.assembly import build_context, build_model, build_part, resolve_model_config
 
 

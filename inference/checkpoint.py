@@ -17,7 +17,7 @@ import torch
 
 from inference.build import build, resolve
 from models.base.config import ConfigError, RunConfig
-from models.base.io import atomic_torch_save
+from models.utilities.files import atomic_torch_save
 from models.base.registry import refuse_imports_from
 
 FORMAT = "pyro-vae-checkpoint"

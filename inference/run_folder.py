@@ -28,7 +28,7 @@ import stat
 
 from inference.checkpoint import BEST, LAST, CheckpointError, read_checkpoint
 from models.base.config import ConfigError
-from models.base.io import atomic_copy, atomic_write_json
+from models.utilities.files import atomic_copy, atomic_write_json
 
 #: the files a training run writes into its folder
 RUN_FILES = ("config.json", "metrics.csv", LAST, BEST, "elbo.png", "summary.json")

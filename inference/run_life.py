@@ -29,11 +29,11 @@ import pyro
 from inference.build import build, resolve
 from inference.checkpoint import (LAST, check_trusted, load_checkpoint, load_state, restore,
                                   run_folder_of)
-from inference.data import default_data_dir, load_dataset, resolve_binarize
+from models.data import default_data_dir, load_dataset, resolve_binarize
 from inference.run_folder import RunFolder
 from inference.training import fit
 from models.base.config import ConfigError, RunConfig
-from models.base.device import resolve_device
+from models.utilities.device import resolve_device
 from models.base.registry import refuse_imports_from
 
 #: settings a resumed run may change: how long it runs and where it finds its data

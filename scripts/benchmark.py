@@ -40,16 +40,16 @@ from evaluation.estimators import estimate
 from evaluation import command_line as cli
 from evaluation.reporting.tables import Column, fixed, render
 from inference.build import build, resolve
-from inference.data import load_dataset
+from models.data import load_dataset
 from evaluation.diagnostics import WeightSummary
 from inference.log_weights import (chunk_jit, chunks, default_max_batch_elements,
                                    log_weight_chunks)
 from inference.training import TrainingStep, adam
 from inference.training.gradients import LossGradients
-from models.base.entry_points import comma_list, entry_point
+from models.utilities.entry_points import comma_list, entry_point
 from models.base.config import ConfigError, RunConfig
-from models.base.device_syncs import SyncCounter
-from models.base.io import atomic_write_json, atomic_write_text
+from models.utilities.device_syncs import SyncCounter
+from models.utilities.files import atomic_write_json, atomic_write_text
 
 NUM_DATA = 50000   # the training split of MNIST: the N of the minibatch scale, and one epoch
 #: how the project's step computes its loss: jit (train.py's default; on CUDA its loss and
@@ -411,7 +411,8 @@ def markdown(report):
 def append_markdown(path, text):
     """Add ``text`` at the end of the file ``path`` (made if absent), after a blank line. What
     it held is kept byte for byte: the old text and the new go to a temporary file that then
-    replaces ``path`` (``models.base.io``), so an interrupted run leaves the file as it was."""
+    replaces ``path`` (``models.utilities.files``), so an interrupted run leaves the file as it
+    was."""
     try:
         with open(path, encoding="utf-8") as handle:
             earlier = handle.read()

@@ -17,7 +17,7 @@ import pyro.distributions as dist
 import torch
 
 from evaluation import command_line as cli
-from models.base.entry_points import entry_point
+from models.utilities.entry_points import entry_point
 from models.distributions import DiagonalNormalMixture
 
 

@@ -26,9 +26,9 @@ from evaluation.reporting import palette, plots
 from evaluation.reporting.html import figure_html, page
 from evaluation.reporting.tables import (ESTIMATE_COLUMNS, PAIRED_COLUMNS, RUN_COLUMN, Column,
                                          csv_text, render)
-from models.base.entry_points import entry_point
+from models.utilities.entry_points import entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_text, refuse_to_overwrite
+from models.utilities.files import atomic_write_text, refuse_to_overwrite
 
 SUMMARY_FIELDS = ("run", "estimator", "num_samples", "num_data", "log_px_mean", "log_px_stderr",
                   "log_px_data_stderr", "ess_mean", "khat_frac_above_0_7", "seconds")

@@ -20,9 +20,9 @@ approximation gap + amortization gap.
 from evaluation import command_line as cli
 from evaluation.reporting.scoring import csv_path, score_run
 from inference.local import fit_local_guide
-from models.base.entry_points import entry_point
+from models.utilities.entry_points import entry_point
 from models.base.config import ConfigError
-from models.base.io import refuse_to_overwrite
+from models.utilities.files import refuse_to_overwrite
 from models.base.registry import option_defaults
 
 #: the flags of the local fit and the parameters of fit_local_guide they set, whose defaults

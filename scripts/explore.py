@@ -28,9 +28,9 @@ from evaluation import command_line as cli
 from evaluation.reporting import figures
 from evaluation.reporting.html import figure_html, note, page, settings_html
 from evaluation.reporting.tables import SETTING_COLUMNS, render
-from models.base.entry_points import comma_list, entry_point
+from models.utilities.entry_points import comma_list, entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_json, atomic_write_text, refuse_to_overwrite
+from models.utilities.files import atomic_write_json, atomic_write_text, refuse_to_overwrite
 from models.linear_gaussian import is_linear_gaussian
 
 CAPTIONS = {

@@ -9,9 +9,9 @@ Example::
 import os
 
 from evaluation import command_line as cli
-from models.base.entry_points import entry_point
+from models.utilities.entry_points import entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_text, refuse_to_overwrite
+from models.utilities.files import atomic_write_text, refuse_to_overwrite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = ("train", "evaluate", "compare", "explore", "tutorial", "make_mnist_subset",

@@ -15,9 +15,9 @@ import os
 import numpy as np
 
 from evaluation import command_line as cli
-from inference.data import MNIST_FILES, default_data_dir, read_mnist
-from models.base.entry_points import entry_point
-from models.base.io import atomic_write_bytes, refuse_to_overwrite
+from models.data import MNIST_FILES, default_data_dir, read_mnist
+from models.utilities.entry_points import entry_point
+from models.utilities.files import atomic_write_bytes, refuse_to_overwrite
 
 DEFAULT_OUT = os.path.join("inference", "assets", "mnist_subset.npz")
 

@@ -50,9 +50,9 @@ from evaluation.estimators import estimate
 from evaluation import command_line as cli
 from evaluation.reporting import plots
 from evaluation.reporting.scoring import csv_path, score_run
-from models.base.entry_points import comma_list, entry_point
+from models.utilities.entry_points import comma_list, entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_text, refuse_to_overwrite
+from models.utilities.files import atomic_write_text, refuse_to_overwrite
 
 #: Burda et al. (2016), section 5; the flags of train.py each preset sets
 BURDA = {"dataset": "mnist", "binarize": "dynamic", "num_validation": 0,

@@ -19,9 +19,9 @@ import os
 from evaluation import command_line as cli
 from evaluation.reporting import plots
 from evaluation.reporting.tables import Column, fixed, render
-from models.base.entry_points import entry_point
+from models.utilities.entry_points import entry_point
 from models.base.config import ConfigError
-from models.base.io import atomic_write_text, refuse_to_overwrite
+from models.utilities.files import atomic_write_text, refuse_to_overwrite
 
 #: (source, setting, nats): log p(x) on the 10,000 MNIST test images, K = 5000
 BURDA = "Burda et al. 2016, Table 1"

@@ -13,7 +13,7 @@ import time
 
 from evaluation import command_line as cli
 from evaluation.reporting import plots
-from models.base.entry_points import entry_point
+from models.utilities.entry_points import entry_point
 
 
 def draw_curves(out_dir, metrics):

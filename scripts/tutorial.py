@@ -15,8 +15,8 @@ import os
 
 from evaluation import command_line as cli
 from evaluation.reporting.tables import columns, render
-from models.base.entry_points import comma_list, entry_point
-from models.base.io import atomic_write_bytes, atomic_write_text, refuse_to_overwrite
+from models.utilities.entry_points import comma_list, entry_point
+from models.utilities.files import atomic_write_bytes, atomic_write_text, refuse_to_overwrite
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIGURES = ("manifold", "latent_map", "blueprint", "posterior", "convergence", "samples",

@@ -19,7 +19,7 @@ from evaluation.estimators import estimate, options_for
 from evaluation.gaps import gap_decomposition, summarize_gaps
 from inference.build import build, build_guide
 from inference.checkpoint import load_checkpoint, restore, save_checkpoint
-from inference.data import load_dataset
+from models.data import load_dataset
 from inference.guides import (DiagonalGaussianGuide, FullCovarianceGuide, IAFGuide, LocalGuide)
 from inference.local import fit_local_guide
 from inference.log_weights import log_importance_weights, log_joint

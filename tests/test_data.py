@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference.data import (FIXED_BINARIZATION_SEEDS, MNIST_FILES, SUBSET_PATH, DataError,
-                            default_data_dir, load_dataset, read_mnist)
+from models.data import (FIXED_BINARIZATION_SEEDS, MNIST_FILES, SUBSET_PATH, DataError,
+                         default_data_dir, load_dataset, read_mnist)
 from models.base.config import DataConfig, RunConfig
 
 

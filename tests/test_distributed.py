@@ -153,7 +153,7 @@ def test_a_failed_nccl_collective_stops_the_process_with_one_line(monkeypatch):
 
 def test_minibatch_shares_split_each_global_minibatch():
     config = small_config(synthetic_num_train=23)
-    from inference.data import load_dataset
+    from models.data import load_dataset
     split = load_dataset(config, "cpu").train
     order = [torch.Generator().manual_seed(5) for _ in range(3)]
     parts = [list(split.batches(10, shuffle=True, generator=order[rank], share=(rank, 3)))

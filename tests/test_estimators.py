@@ -16,7 +16,7 @@ from evaluation.log_density import LatentLogDensity
 from conftest import small_config
 from evaluation.quadrature import quadrature_log_marginal
 from inference.build import build
-from inference.data import load_dataset
+from models.data import load_dataset
 from inference.guides import DiagonalGaussianGuide, ExactPosteriorGuide, Guide
 from inference.log_weights import log_importance_weights, log_joint
 from models import build_model

@@ -1,7 +1,7 @@
 """The layers point down only: scripts -> evaluation.command_line -> evaluation.reporting ->
-evaluation (estimators) -> inference -> models -> models.base. This test reads the import
-statements of every module (including imports inside functions) and fails when one points up
-a layer."""
+evaluation (estimators) -> inference -> models -> models.utilities -> models.base.
+This test reads the import statements of every module (including imports inside functions) and
+fails when one points up a layer."""
 
 import ast
 import os
@@ -11,15 +11,17 @@ from conftest import ROOT
 #: (module prefix, layer), most specific first; higher layers may import lower ones
 LAYERS = (
     ("models.base", 0),
-    ("models", 1),
-    ("inference", 2),
-    ("evaluation.command_line", 5),
-    ("evaluation.reporting", 4),
-    ("evaluation", 3),
-    ("scripts", 6),
+    ("models.utilities", 1),
+    ("models", 2),
+    ("inference", 3),
+    ("evaluation.command_line", 6),
+    ("evaluation.reporting", 5),
+    ("evaluation", 4),
+    ("scripts", 7),
 )
-LAYER_NAMES = {0: "models.base", 1: "models", 2: "inference", 3: "evaluation (estimators)",
-               4: "evaluation.reporting", 5: "evaluation.command_line", 6: "scripts"}
+LAYER_NAMES = {0: "models.base", 1: "models.utilities", 2: "models", 3: "inference",
+               4: "evaluation (estimators)", 5: "evaluation.reporting",
+               6: "evaluation.command_line", 7: "scripts"}
 
 
 def layer_of(module):
@@ -82,14 +84,14 @@ def test_the_layer_check_finds_an_upward_import(tmp_path):
     for folder in ("models/base", "inference", "evaluation/reporting", "scripts"):
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "models" / "base" / "config.py").write_text(
-        "def late():\n    from inference.data import load_dataset\n")
-    (tmp_path / "inference" / "data.py").write_text("import models.base.config\n")
+        "def late():\n    from inference.checkpoint import read_checkpoint\n")
+    (tmp_path / "inference" / "checkpoint.py").write_text("import models.base.config\n")
     (tmp_path / "evaluation" / "story.py").write_text("from .reporting import figures\n")
     found = sorted(upward_imports(tmp_path))
     assert found == [
         "evaluation/story.py:1: evaluation.story (evaluation (estimators)) imports "
         "evaluation.reporting (evaluation.reporting)",
-        "models/base/config.py:2: models.base.config (models.base) imports inference.data "
+        "models/base/config.py:2: models.base.config (models.base) imports inference.checkpoint "
         "(inference)"]
 
 

@@ -14,7 +14,7 @@ from evaluation.estimators import estimate
 from inference import log_weights as log_weights_module
 from inference.build import build
 from inference.checkpoint import BEST
-from models.base.device import MemoryTooSmall, available_memory
+from models.utilities.device import MemoryTooSmall, available_memory
 
 
 def resident_bytes():

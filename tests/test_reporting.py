@@ -21,7 +21,7 @@ from evaluation.reporting.html import figure_html, page, settings_html
 from evaluation.reporting.tables import (ESTIMATE_COLUMNS, PAIRED_COLUMNS, columns, render,
                                          settings_rows)
 from inference.build import build
-from inference.data import synthetic_story
+from models.data import synthetic_story
 
 
 def png_size(path):

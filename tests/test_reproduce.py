@@ -12,7 +12,7 @@ import torch
 from conftest import load_script, refused, run_main, small_config
 from inference.build import build
 from inference.checkpoint import load_checkpoint
-from inference.data import load_dataset
+from models.data import load_dataset
 from inference.training import TrainingStep, fit, learning_rate_at
 
 

@@ -20,10 +20,10 @@ from evaluation.estimators import estimate
 from inference import log_weights as log_weights_module
 from inference.build import build
 from inference.checkpoint import BEST, LAST, CheckpointError, load_checkpoint
-from inference.data import DataError, read_mnist
+from models.data import DataError, read_mnist
 from inference.run_folder import RunFolder
-from models.base import io
-from models.base.entry_points import run
+from models.utilities import files
+from models.utilities.entry_points import run
 
 
 def planted(run_dir, target, **config_changes):
@@ -80,7 +80,7 @@ class Crash(BaseException):
     """A kill at a write: not an error any code may catch."""
 
 
-ATOMIC_PATH = io.atomic_path
+ATOMIC_PATH = files.atomic_path
 
 
 def crash_at(write_number, monkeypatch):
@@ -98,7 +98,7 @@ def crash_at(write_number, monkeypatch):
             raise Crash()
         return original(path)
 
-    monkeypatch.setattr(io, "atomic_path", dying)
+    monkeypatch.setattr(files, "atomic_path", dying)
     return count
 
 
@@ -437,7 +437,7 @@ def test_sigterm_ends_with_one_message_and_status_143(capsys):
 
 
 def test_nan_never_reaches_a_json_file(tmp_path):
-    io.atomic_write_json(str(tmp_path / "a.json"), {"x": float("nan"), "y": [float("inf")]})
+    files.atomic_write_json(str(tmp_path / "a.json"), {"x": float("nan"), "y": [float("inf")]})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": None, "y": [None]}
 
 

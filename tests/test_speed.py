@@ -16,11 +16,11 @@ from conftest import ROOT, load_script, run_main, small_config
 from evaluation.diagnostics import WeightSummary
 from evaluation.estimators import estimate
 from inference.build import build
-from inference.data import load_dataset
+from models.data import load_dataset
 from inference import log_weights as log_weights_module
 from inference.log_weights import chunk_seeds, log_importance_weights, log_weight_chunks
 from inference.training import TrainingStep, fit, parameters
-from models.base.device_syncs import SyncCounter
+from models.utilities.device_syncs import SyncCounter
 from models.priors import Prior
 
 PRIORS = ("standard", "mog", "vamp", "flow")

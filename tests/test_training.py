@@ -13,10 +13,10 @@ from conftest import small_config
 from inference.build import build
 from inference.checkpoint import (BEST, LAST, CheckpointError, load_checkpoint, restore,
                                   save_checkpoint)
-from inference.data import load_dataset
+from models.data import load_dataset
 from inference.training import GRAPH_WARMUP_STEPS, TrainingStep, fit, mean_elbo, write_metrics
 from models.base.config import ConfigError
-from models.base.device import resolve_device
+from models.utilities.device import resolve_device
 
 RUN_FILES = {"config.json", "metrics.csv", "checkpoint.pt", "best.pt", "summary.json"}
 

@@ -11,7 +11,7 @@ from evaluation.estimators import ESTIMATORS
 from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
 from models.base.config import ConfigError, RunConfig
-from models.base.entry_points import comma_list
+from models.utilities.entry_points import comma_list
 from models.architectures import ARCHITECTURES
 from models.likelihoods import LIKELIHOODS
 from models.networks import ACTIVATIONS

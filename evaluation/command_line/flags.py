@@ -11,8 +11,8 @@ import typing
 from evaluation.command_line.config_flags import (CONFIG_PATHS, FAMILIES, OPTION_FLAGS,
                                                   estimator_option_defaults, flag)
 from evaluation.estimators import ESTIMATORS
-from inference.data import SPLITS
-from models.base.entry_points import ArgumentParser, HelpFormatter, comma_list, key_value
+from models.data import SPLITS
+from models.utilities.entry_points import ArgumentParser, HelpFormatter, comma_list, key_value
 from models.base.config import ConfigError, RunConfig
 
 

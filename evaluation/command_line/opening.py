@@ -17,7 +17,7 @@ from evaluation.command_line.config_flags import config_changes, trusted_parts
 from inference.run_life import open_training_run
 from inference.run_life import load_run
 from models.base.config import ConfigError, RunConfig, check_seed
-from models.base.device import resolve_device
+from models.utilities.device import resolve_device
 
 
 def script_module(path, prefix="vae_script"):

@@ -8,7 +8,7 @@ same on a machine with or without a screen.
 import numpy as np
 
 from evaluation.reporting import palette
-from models.base.io import atomic_savefig
+from models.utilities.files import atomic_savefig
 
 DPI = 100
 

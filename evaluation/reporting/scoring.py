@@ -18,7 +18,7 @@ from evaluation.estimators import ESTIMATORS, estimate, options_for
 from evaluation.gaps import gap_decomposition, summarize_gaps
 from evaluation.reporting.tables import csv_text, per_point_rows, render
 from inference.local import fit_local_guide
-from models.base.io import atomic_write_json, atomic_write_text
+from models.utilities.files import atomic_write_json, atomic_write_text
 
 
 def csv_path(json_path):

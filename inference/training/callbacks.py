@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from inference.checkpoint import BEST, LAST, rng_state, save_checkpoint
 from inference.training.schedule import learning_rate_at
-from models.base.io import atomic_copy, atomic_write_text
+from models.utilities.files import atomic_copy, atomic_write_text
 
 # train_elbo is the training objective per point (the IWAE bound for --objective iwae, the
 # KL-weighted ELBO during warm-up); validation_elbo is always the plain ELBO.

@@ -18,7 +18,7 @@ from inference.training.optimizer import forget_stale_params
 from inference.training.scores import mean_elbo, summarize, validate_data
 from inference.training.steps import TrainingStep
 from models.base.config import derived_seed
-from models.base.io import atomic_write_json
+from models.utilities.files import atomic_write_json
 
 #: steps between two reads of the losses (progress bar, divergence check): the only times a
 #: training step waits for the device

@@ -10,7 +10,7 @@ import torch
 from inference.checkpoint import BEST, load_state, read_checkpoint
 from inference.run_folder import RunFolderError
 from inference.log_weights import log_importance_weights
-from models.base.io import atomic_write_json
+from models.utilities.files import atomic_write_json
 from models.vae import check_batch
 
 

@@ -1,6 +1,6 @@
-"""The shared base every layer may use: typed configuration, registries of swappable parts,
-atomic file output, device choice and command-line plumbing. It imports nothing from the
-layers above it (the rest of ``models``, ``inference``, ``evaluation``)."""
+"""The shared base every layer may use: typed configuration and the registries of swappable
+parts. It imports nothing from the layers above it (``models.utilities``, the rest of
+``models``, ``inference``, ``evaluation``)."""
 
 from models.base.config import (ConfigError, DataConfig, ModelConfig, PartSpec, RunConfig,
                                 TrainingConfig)

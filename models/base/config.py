@@ -221,7 +221,7 @@ class _Section:
 
 @dataclass(frozen=True)
 class DataConfig(_Section):
-    """Which data set, read from where, binarized how (see :mod:`inference.data`)."""
+    """Which data set, read from where, binarized how (see :mod:`models.data`)."""
 
     dataset: str = setting(
         "mnist", "mnist: the full data set from --data-dir; mnist-subset: 2,000/500 images "
