@@ -7,15 +7,32 @@ import torch
 
 from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
+from models.architectures import ARCHITECTURES
 from models.base.config import ConfigError, ModelConfig, RunConfig
+from models.likelihoods import LIKELIHOODS
+from models.priors import PRIORS
 from models.utilities.device import MemoryTooSmall, check_fits
 from models.assembly import build_context, build_model, build_part, resolve_model_config
+
+#: the registry of each family of parts, by the family's name in the configuration
+FAMILY_REGISTRIES = {"architecture": ARCHITECTURES, "prior": PRIORS, "likelihood": LIKELIHOODS,
+                     "guide": GUIDES, "objective": OBJECTIVES}
+
+
+def takes_option(family, name, option):
+    """Whether the registered part ``name`` of ``family`` takes ``option`` (a keyword parameter
+    of its class): where the part options of a flat version-1 configuration go (see
+    :func:`models.base.config.from_flat`). A name not registered, such as a user's
+    ``module:Class``, takes none: reading a configuration imports nothing."""
+    registry = FAMILY_REGISTRIES[family]
+    return isinstance(name, str) and name in registry and option in registry.options(name)
 
 
 def resolve(config):
     """A :class:`RunConfig` (from a RunConfig or a dict, nested or flat) whose parts all carry
     their complete, checked options. Resolving twice changes nothing."""
-    config = RunConfig.from_dict(config) if not isinstance(config, RunConfig) else config
+    if not isinstance(config, RunConfig):
+        config = RunConfig.from_dict(config, takes=takes_option)
     model = dataclasses.replace(resolve_model_config(config.model),
                                 guide=GUIDES.resolve(config.model.guide))
     training = dataclasses.replace(config.training,
@@ -26,7 +43,7 @@ def resolve(config):
 def build_guide(config):
     """The guide q(z | x) that ``config`` names: a registered name or a user's
     ``module:Class``."""
-    config = resolve_model_config(config)
+    config = resolve_model_config(ModelConfig.of(config, takes_option))
     return build_part(GUIDES, config.guide, build_context(config))
 
 
@@ -37,7 +54,7 @@ def build(config):
     Sizes that cannot fit (``z_dim`` 10^12, a hidden layer of 10^12 units, 10^9 features) are
     refused with one line before anything is allocated: the parts are first built on torch's
     ``meta`` device, which allocates nothing, and their parameters are counted."""
-    config = ModelConfig.of(config)
+    config = ModelConfig.of(config, takes_option)
     check_model_fits(config)
     try:
         guide = build_guide(config)

@@ -7,7 +7,8 @@ number generator states. The model and guide are rebuilt from the configuration 
 their states are loaded.
 
 Format version 2 stores the nested configuration; version 1 stored a flat dict, which is
-converted when read (:func:`models.base.config.from_flat`), so runs of either version load.
+converted when read (:func:`models.base.config.from_flat`, each option going to the parts that
+take it: :func:`inference.build.takes_option`), so runs of either version load.
 """
 
 import os
@@ -15,7 +16,7 @@ import uuid
 
 import torch
 
-from inference.build import build, resolve
+from inference.build import build, resolve, takes_option
 from models.base.config import ConfigError, RunConfig
 from models.utilities.files import atomic_torch_save
 from models.base.registry import refuse_imports_from
@@ -193,7 +194,7 @@ def read_checkpoint(path, map_location="cpu", prefer=BEST):
                               "string); it was not written by this project")
     try:
         # Version 1 stored a flat dict; from_dict converts it. Reading it imports nothing.
-        checkpoint["config"] = RunConfig.from_dict(checkpoint["config"])
+        checkpoint["config"] = RunConfig.from_dict(checkpoint["config"], takes=takes_option)
     except ConfigError as error:
         raise CheckpointError(f"{path} holds a configuration this project cannot use: "
                               f"{error}") from error

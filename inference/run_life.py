@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import pyro
 
-from inference.build import build, resolve
+from inference.build import build, resolve, takes_option
 from inference.checkpoint import (LAST, check_trusted, load_checkpoint, load_state, restore,
                                   run_folder_of)
 from models.data import default_data_dir, load_dataset, resolve_binarize
@@ -67,7 +67,7 @@ def read_config(path, trust=()):
         run = data.pop("run", None) if isinstance(data, dict) else None
         if run is not None and not isinstance(run, str):
             raise ValueError(f"its run identity is {run!r}, not a string")
-        config = RunConfig.from_dict(data)
+        config = RunConfig.from_dict(data, takes=takes_option)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{path} is not a readable run configuration ({error}); pass "
                           "--overwrite to start afresh") from error

@@ -4,6 +4,7 @@ evaluating and resuming with the numbers they gave."""
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -15,13 +16,14 @@ import torch
 from conftest import DATA, load_script, run_main
 from evaluation import command_line as cli
 from evaluation.command_line import flags as flags_module
-from inference.build import build, resolve
+from inference.build import build, resolve, takes_option
 from inference.checkpoint import load_checkpoint
 from inference.log_weights import log_importance_weights
 from inference.run_life import load_run
-from models.base.config import (ConfigError, DataConfig, ModelConfig, PartSpec, RunConfig,
-                                TrainingConfig, setting)
+from models.base.config import (PART_OPTION_KEYS, ConfigError, DataConfig, ModelConfig,
+                                PartSpec, RunConfig, TrainingConfig, from_flat, setting)
 from models.base.registry import Registry
+from models.networks import ACTIVATIONS
 
 LEGACY = os.path.join(DATA, "legacy_v1")
 
@@ -175,6 +177,22 @@ def test_part_option_flags_go_to_the_part_that_takes_them():
     assert dict(cli.config_changes(parsed(), base)) == {}
 
 
+def test_part_option_flags_are_read_from_the_one_table_of_part_options():
+    """PART_OPTION_KEYS gives the flags their names, help and targets; their types come from
+    the defaults of the parts that take them (flow_hidden, whose parts default to None, from the
+    table), and parse as they always did."""
+    assert list(cli.OPTION_FLAGS) == list(PART_OPTION_KEYS)
+    for dest, option_flag in cli.OPTION_FLAGS.items():
+        assert option_flag.targets == PART_OPTION_KEYS[dest].targets
+    kinds = {dest: option_flag.kind for dest, option_flag in cli.OPTION_FLAGS.items()}
+    assert kinds.pop("hidden_dims")("8,4") == [8, 4]
+    assert kinds == {"prior_components": int, "prior_flows": int, "flow_hidden": int,
+                     "sigma": float, "min_scale": float, "guide_flows": int, "activation": str,
+                     "num_particles": int}
+    assert cli.OPTION_FLAGS["activation"].help == f"one of {ACTIVATIONS.names()}"
+    assert cli.GENERAL_OPTIONS == ("hidden_dims", "activation", "num_particles")
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints of format version 1 (flat configurations), committed in tests/data
 
@@ -193,6 +211,193 @@ def test_version_1_checkpoints_load_with_their_settings_converted():
                                            "flow_hidden": 8})
     assert model.architecture == PartSpec("mlp", {"hidden_dims": (8,), "activation": "relu"})
     assert checkpoint["config"].data.dataset == "synthetic"
+
+
+#: flat configurations and the nested form version 1's conversion gave each, written out: every
+#: part option goes to every chosen part that takes it, and a value that none takes is dropped
+FLAT_CONVERSIONS = {
+    "mog": ({"prior": "mog", "prior_components": 3}, {
+        "data": {},
+        "model": {"prior": {"name": "mog", "options": {"num_components": 3}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "vamp": ({"prior": "vamp", "prior_components": 7, "prior_flows": 2}, {
+        "data": {},
+        "model": {"prior": {"name": "vamp", "options": {"num_components": 7}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "flow prior": ({"prior": "flow", "prior_flows": 2, "flow_hidden": 16,
+                    "prior_components": 5}, {
+        "data": {},
+        "model": {"prior": {"name": "flow", "options": {"num_flows": 2, "flow_hidden": 16}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "gaussian": ({"likelihood": "gaussian", "sigma": 0.2, "min_scale": 0.05}, {
+        "data": {},
+        "model": {"prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "gaussian", "options": {"sigma": 0.2}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "gaussian-learned": ({"likelihood": "gaussian-learned", "sigma": 0.3, "min_scale": 0.05}, {
+        "data": {},
+        "model": {"prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "gaussian-learned", "options": {"min_scale": 0.05}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "bernoulli drops sigma": ({"likelihood": "bernoulli", "sigma": 0.1, "min_scale": 0.05}, {
+        "data": {},
+        "model": {"prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "iaf with flow_hidden": ({"guide": "iaf", "guide_flows": 1, "flow_hidden": 8}, {
+        "data": {},
+        "model": {"prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "iaf", "options": {"num_flows": 1, "flow_hidden": 8}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "iaf without flow_hidden": ({"guide": "iaf", "guide_flows": 3, "flow_hidden": None}, {
+        "data": {},
+        "model": {"prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "iaf", "options": {"num_flows": 3}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "flow prior and iaf guide": ({"prior": "flow", "guide": "iaf", "flow_hidden": 32,
+                                  "guide_flows": 2, "prior_flows": 3}, {
+        "data": {},
+        "model": {"prior": {"name": "flow", "options": {"num_flows": 3, "flow_hidden": 32}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "iaf", "options": {"num_flows": 2, "flow_hidden": 32}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "standard prior and diagonal guide drop theirs": (
+        {"prior": "standard", "guide": "diagonal", "prior_components": 3, "prior_flows": 2,
+         "flow_hidden": 8, "guide_flows": 2}, {
+            "data": {},
+            "model": {"prior": {"name": "standard", "options": {}},
+                      "likelihood": {"name": "bernoulli", "options": {}},
+                      "guide": {"name": "diagonal", "options": {}},
+                      "architecture": {"name": "mlp", "options": {}}},
+            "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "conv architecture": ({"architecture": "conv", "hidden_dims": [32], "activation": "tanh"}, {
+        "data": {},
+        "model": {"prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "conv",
+                                   "options": {"hidden_dims": [32], "activation": "tanh"}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "default architecture": ({"z_dim": 4, "x_dim": 10, "hidden_dims": [16, 8]}, {
+        "data": {},
+        "model": {"z_dim": 4, "x_dim": 10,
+                  "prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp", "options": {"hidden_dims": [16, 8]}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+    "elbo": ({"objective": "elbo", "num_particles": 5}, {
+        "data": {},
+        "model": {"prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {"num_particles": 5}}}}),
+    "iwae": ({"objective": "iwae", "num_particles": 10, "num_epochs": 3}, {
+        "data": {},
+        "model": {"prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"num_epochs": 3,
+                     "objective": {"name": "iwae", "options": {"num_particles": 10}}}}),
+    # A user's parts get no flat option, and reading them imports nothing (no such module).
+    "parts of a user's own": ({"prior": "no_such_module:Prior", "prior_components": 3,
+                               "guide": "no_such_module:Guide", "flow_hidden": 8,
+                               "guide_flows": 2}, {
+        "data": {},
+        "model": {"prior": {"name": "no_such_module:Prior", "options": {}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "no_such_module:Guide", "options": {}},
+                  "architecture": {"name": "mlp", "options": {}}},
+        "training": {"objective": {"name": "elbo", "options": {}}}}),
+}
+
+#: the run configurations of the version-1 runs in tests/data/legacy_v1, converted
+LEGACY_DATA = {"dataset": "synthetic", "data_dir": "data", "download": False,
+               "binarize": "none", "num_validation": None, "synthetic_z_dim": 2,
+               "synthetic_x_dim": 20, "synthetic_num_train": 300, "synthetic_seed": 0,
+               "synthetic_prior": "standard"}
+LEGACY_CONVERSIONS = {
+    "parts": {
+        "data": LEGACY_DATA,
+        "model": {"z_dim": 2, "x_dim": 20, "image_shape": None,
+                  "prior": {"name": "mog", "options": {"num_components": 3}},
+                  "likelihood": {"name": "gaussian", "options": {"sigma": 0.2}},
+                  "guide": {"name": "iaf", "options": {"num_flows": 1, "flow_hidden": 8}},
+                  "architecture": {"name": "mlp",
+                                   "options": {"hidden_dims": [8], "activation": "relu"}}},
+        "training": {"num_epochs": 1, "batch_size": 100, "learning_rate": 0.001,
+                     "kl_warmup_epochs": 0, "jit": False,
+                     "objective": {"name": "elbo", "options": {"num_particles": 1}}},
+        "seed": 0, "device": "cpu"},
+    "run": {
+        "data": LEGACY_DATA,
+        "model": {"z_dim": 2, "x_dim": 20, "image_shape": None,
+                  "prior": {"name": "standard", "options": {}},
+                  "likelihood": {"name": "bernoulli", "options": {}},
+                  "guide": {"name": "diagonal", "options": {}},
+                  "architecture": {"name": "mlp",
+                                   "options": {"hidden_dims": [8], "activation": "relu"}}},
+        "training": {"num_epochs": 2, "batch_size": 100, "learning_rate": 0.001,
+                     "kl_warmup_epochs": 0, "jit": False,
+                     "objective": {"name": "elbo", "options": {"num_particles": 1}}},
+        "seed": 0, "device": "cpu"},
+}
+
+
+def assert_same_nested(converted, expected):
+    """Equal, and in the same order (which config.json and the reports show)."""
+    assert converted == expected
+    assert json.dumps(converted) == json.dumps(expected)
+
+
+@pytest.mark.parametrize("case", FLAT_CONVERSIONS)
+def test_version_1_configurations_convert_as_version_1_gave_them(case):
+    flat, expected = FLAT_CONVERSIONS[case]
+    assert_same_nested(from_flat(flat, takes_option), expected)
+    if case != "parts of a user's own":   # (resolving imports the parts)
+        assert resolve(flat) == resolve(expected)
+
+
+@pytest.mark.parametrize("run", LEGACY_CONVERSIONS)
+def test_the_version_1_runs_convert_as_version_1_gave_them(run):
+    with open(os.path.join(LEGACY, run, "config.json")) as handle:
+        flat = json.load(handle)
+    assert_same_nested(from_flat(flat, takes_option), LEGACY_CONVERSIONS[run])
+
+
+def test_a_flat_configuration_with_part_options_needs_the_registries():
+    """Which part takes an option is the registries' to say, above models.base: without them
+    (RunConfig.from_dict with no ``takes``) a flat configuration that sets part options is
+    refused rather than guessed at; one without part options converts anywhere."""
+    with pytest.raises(ConfigError, match=r"sets options of its parts \(sigma for the "
+                       r"likelihood\).*inference\.build\.resolve"):
+        RunConfig.from_dict({"likelihood": "gaussian", "sigma": 0.2})
+    assert RunConfig.from_dict({"z_dim": 3, "prior": "mog"}).model.prior == PartSpec("mog")
+    model, guide = build({"z_dim": 2, "x_dim": 5, "hidden_dims": [4], "prior": "mog",
+                          "prior_components": 2})
+    assert model.prior.num_components == 2
 
 
 # float32 weights of -14 nats: CPUs with other vector instructions (AVX2, AVX-512) round their

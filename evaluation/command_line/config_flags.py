@@ -1,16 +1,17 @@
 """From flags to the run configuration: which flag sets which setting of a
 :class:`models.base.config.RunConfig` (``CONFIG_PATHS``), which part options the part-option
-flags set (``OPTION_FLAGS``), the changes a command line makes (:func:`config_changes`), the
-estimators it names and their options, and what it allows a run to import
-(:func:`trusted_parts`). Flags left out are None, so that the configuration's defaults (or a
-resumed run's settings) apply, and so that an explicit flag can be told from a default."""
+flags set (``OPTION_FLAGS``, read from :data:`models.base.config.PART_OPTION_KEYS`), the
+changes a command line makes (:func:`config_changes`), the estimators it names and their
+options, and what it allows a run to import (:func:`trusted_parts`). Flags left out are None,
+so that the configuration's defaults (or a resumed run's settings) apply, and so that an
+explicit flag can be told from a default."""
 
 import typing
 
 from evaluation.estimators import ESTIMATORS
 from inference.guides import GUIDES
 from inference.objectives import OBJECTIVES
-from models.base.config import ConfigError, RunConfig
+from models.base.config import PART_OPTION_KEYS, ConfigError, RunConfig, place_part_options
 from models.utilities.entry_points import comma_list
 from models.architectures import ARCHITECTURES
 from models.likelihoods import LIKELIHOODS
@@ -44,31 +45,34 @@ class PartOptionFlag(typing.NamedTuple):
     targets: tuple
 
 
+def _option_kind(dest, entry):
+    """How the flag of a part option reads its value: as the type of the defaults of the parts
+    that take it (a tuple: a comma-separated list of its items' type), or as its entry of
+    PART_OPTION_KEYS says where those defaults are all None."""
+    if entry.kind is not None:
+        return entry.kind
+    kinds = set()
+    for family, option in entry.targets:
+        registry = FAMILIES[family][0]
+        for name in registry:
+            default = registry.options(name).get(option)
+            if isinstance(default, tuple) and default:
+                kinds.add((tuple, type(default[0])))
+            elif isinstance(default, (int, float, str)) and not isinstance(default, bool):
+                kinds.add((type(default), None))
+    if len(kinds) != 1:
+        raise TypeError(f"the parts that take {dest} give no single type for its flag "
+                        f"({sorted(map(str, kinds)) or 'no default'}); give its kind in "
+                        "models.base.config.PART_OPTION_KEYS")
+    kind, item = kinds.pop()
+    return comma_list(item) if kind is tuple else kind
+
+
 #: the part-option flags, by destination, each listed after the part it serves first
 OPTION_FLAGS = {
-    "prior_components": PartOptionFlag(
-        int, "components of the mog prior or pseudo-inputs of the vamp prior",
-        (("prior", "num_components"),)),
-    "prior_flows": PartOptionFlag(int, "masked autoregressive layers of the flow prior",
-                                  (("prior", "num_flows"),)),
-    "flow_hidden": PartOptionFlag(
-        int, "hidden units of the autoregressive networks of the flow prior and the iaf guide "
-        "(default: max(64, 4 z_dim))", (("prior", "flow_hidden"), ("guide", "flow_hidden"))),
-    "sigma": PartOptionFlag(float, "the fixed standard deviation of the gaussian likelihood",
-                            (("likelihood", "sigma"),)),
-    "min_scale": PartOptionFlag(
-        float, "the smallest standard deviation of the gaussian-learned likelihood",
-        (("likelihood", "min_scale"),)),
-    "guide_flows": PartOptionFlag(int, "inverse autoregressive flow steps of the iaf guide",
-                                  (("guide", "num_flows"),)),
-    "hidden_dims": PartOptionFlag(
-        comma_list(int), "encoder hidden sizes, comma-separated; the decoder mirrors them",
-        (("architecture", "hidden_dims"),)),
-    "activation": PartOptionFlag(str, f"one of {ACTIVATIONS.names()}",
-                                 (("architecture", "activation"),)),
-    "num_particles": PartOptionFlag(int, "draws of z per data point and step, K of the iwae "
-                                    "bound", (("objective", "num_particles"),)),
-}
+    dest: PartOptionFlag(_option_kind(dest, entry),
+                         entry.help.format(activations=ACTIVATIONS.names()), entry.targets)
+    for dest, entry in PART_OPTION_KEYS.items()}
 
 
 def flag(dest):
@@ -86,6 +90,12 @@ class Changes(dict):
     def set(self, path, value, given_by):
         self[path] = value
         self.flags[path] = given_by
+
+
+def _takes(family, name, option):
+    """Whether the part ``name`` of ``family`` takes ``option``: a user's ``module:Class``,
+    named on the command line, is imported to read its options."""
+    return option in FAMILIES[family][0].options(name)
 
 
 def config_changes(args, base):
@@ -108,20 +118,13 @@ def config_changes(args, base):
             changes.set(f"{path}.options", {}, flag(family))
         for key, value in values.get(f"{family}_option") or ():
             changes.set(f"{path}.options.{key}", value, f"--{family}-option {key}=")
-    for dest, option_flag in OPTION_FLAGS.items():
-        targets = option_flag.targets
-        value = values.get(dest)
-        if value is None:
-            continue
-        applied = False
-        for family, option in targets:
-            registry, path = FAMILIES[family]
-            if option in registry.options(chosen[family]):
-                changes.set(f"{path}.options.{option}", value, flag(dest))
-                applied = True
-        if not applied:
-            parts = " or ".join(f"the {chosen[family]} {family}" for family, _ in targets)
+    for dest, value, taken in place_part_options(values, chosen, _takes):
+        if not taken:
+            parts = " or ".join(f"the {chosen[family]} {family}"
+                                for family, _ in OPTION_FLAGS[dest].targets)
             raise ConfigError(f"{flag(dest)} does not apply to {parts}; drop it")
+        for family, option in taken:
+            changes.set(f"{FAMILIES[family][1]}.options.{option}", value, flag(dest))
     return changes
 
 

@@ -48,8 +48,12 @@ def option_defaults(dest):
     return ", ".join(dict.fromkeys(shown))
 
 
-#: part-option flags that every member of their family takes
-GENERAL_OPTIONS = ("hidden_dims", "activation", "num_particles")
+#: part-option flags that every member of their family takes (their defaults are shown without
+#: the parts' names)
+GENERAL_OPTIONS = tuple(dest for dest, option_flag in OPTION_FLAGS.items()
+                        if all(option in FAMILIES[family][0].options(name)
+                               for family, option in option_flag.targets
+                               for name in FAMILIES[family][0]))
 
 
 def _kind(annotation):

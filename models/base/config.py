@@ -14,11 +14,14 @@ class (see :mod:`models.base.registry`), so a part's defaults live in its signat
 else; the defaults of everything else are the field defaults below.
 
 ``from_dict`` refuses unknown keys with a "did you mean" suggestion, and converts the flat dicts
-that checkpoints of format version 1 stored. ``to_dict`` gives plain JSON-ready data, which is
-what ``config.json`` and every checkpoint hold.
+that checkpoints of format version 1 stored (given ``takes``, the registries' word on which part
+takes which option; see :func:`from_flat`). ``to_dict`` gives plain JSON-ready data, which is
+what ``config.json`` and every checkpoint hold. :data:`PART_OPTION_KEYS` lists the part options
+that have a flag (and a flat key) of their own, ``--sigma``, ``--prior-components``, ...
 
 (Over 300 lines: each setting is written once, with its default, type, checks, help and resume
-rule, so the whole schema is here; the conversion of version-1 checkpoints is its last part.)
+rule, so the whole schema is here; the part options with flags of their own and the conversion
+of version-1 checkpoints are its last parts.)
 """
 
 import dataclasses
@@ -283,9 +286,10 @@ class ModelConfig(_Section):
                                   f"{list(shape)}")
 
     @classmethod
-    def of(cls, value):
+    def of(cls, value, takes=None):
         """A ModelConfig from a ModelConfig, a RunConfig, or a dict (nested, of model settings,
-        or a flat version-1 configuration)."""
+        or a flat version-1 configuration, whose part options need ``takes``: see
+        :func:`from_flat`)."""
         if isinstance(value, ModelConfig):
             return value
         if isinstance(value, RunConfig):
@@ -294,7 +298,7 @@ class ModelConfig(_Section):
             names = {item.name for item in dataclasses.fields(cls)}
             if set(value) <= names:
                 return cls.from_dict(value, "the model configuration")
-            return RunConfig.from_dict(value).model
+            return RunConfig.from_dict(value, takes=takes).model
         raise ConfigError(f"expected a model configuration, got {type(value).__name__}")
 
 
@@ -367,9 +371,11 @@ class RunConfig(_Section):
         check_seed(self.seed)
 
     @classmethod
-    def from_dict(cls, data, where=None):
+    def from_dict(cls, data, where=None, *, takes=None):
+        """A RunConfig from its nested dict, or from a flat one of version 1 (converted by
+        :func:`from_flat`, with ``takes``)."""
         if isinstance(data, Mapping) and data and not set(data) & {"data", "model", "training"}:
-            data = from_flat(data)
+            data = from_flat(data, takes)
         return super().from_dict(data, where or "the run configuration")
 
     def updated(self, changes):
@@ -426,51 +432,111 @@ def derived_seed(*parts):
 
 
 # ---------------------------------------------------------------------------------------------
+# The part options that have a flag of their own
+
+class PartOptionKey(typing.NamedTuple):
+    """An option of the parts with a flag of its own (``--sigma``), which is also a key of the
+    flat configurations of version 1 (``sigma``): its ``help`` (``{activations}`` stands for
+    the names of the activations), the (family, option) pairs it sets, the family it serves
+    first leading (its flag is listed after that part), and the ``kind`` of value its flag reads
+    where the defaults of the parts that take it cannot tell (they are all None); None: the
+    type of those defaults."""
+
+    help: str
+    targets: tuple
+    kind: typing.Any = None
+
+
+#: the part options with a flag of their own, by flag destination and flat key: the flags
+#: (``evaluation.command_line.config_flags.OPTION_FLAGS``) and the conversion of version-1
+#: configurations (:func:`from_flat`) both read them, by the rule of :func:`place_part_options`
+PART_OPTION_KEYS = {
+    "prior_components": PartOptionKey(
+        "components of the mog prior or pseudo-inputs of the vamp prior",
+        (("prior", "num_components"),)),
+    "prior_flows": PartOptionKey("masked autoregressive layers of the flow prior",
+                                 (("prior", "num_flows"),)),
+    "flow_hidden": PartOptionKey(
+        "hidden units of the autoregressive networks of the flow prior and the iaf guide "
+        "(default: max(64, 4 z_dim))", (("prior", "flow_hidden"), ("guide", "flow_hidden")),
+        kind=int),
+    "sigma": PartOptionKey("the fixed standard deviation of the gaussian likelihood",
+                           (("likelihood", "sigma"),)),
+    "min_scale": PartOptionKey("the smallest standard deviation of the gaussian-learned "
+                               "likelihood", (("likelihood", "min_scale"),)),
+    "guide_flows": PartOptionKey("inverse autoregressive flow steps of the iaf guide",
+                                 (("guide", "num_flows"),)),
+    "hidden_dims": PartOptionKey("encoder hidden sizes, comma-separated; the decoder mirrors "
+                                 "them", (("architecture", "hidden_dims"),)),
+    "activation": PartOptionKey("one of {activations}", (("architecture", "activation"),)),
+    "num_particles": PartOptionKey("draws of z per data point and step, K of the iwae bound",
+                                   (("objective", "num_particles"),)),
+}
+
+
+def place_part_options(values, parts, takes):
+    """Where the values of the part-option keys go, by the one rule of their flags and of the
+    conversion of version-1 configurations: every chosen part that takes the option receives
+    the value (``flow_hidden`` serves the flow prior and the iaf guide).
+
+    :param values: {key: value}; keys left out or None are skipped.
+    :param parts: {family: the name of the chosen part}.
+    :param takes: ``takes(family, name, option)``, whether that part takes the option (the
+        registries of the parts know; this layer does not).
+    :returns: an iterator of ``(key, value, taken)``, one for each key given, in the order of
+        :data:`PART_OPTION_KEYS`, ``taken`` the (family, option) pairs of the chosen parts that
+        take it; a key that no chosen part takes comes with none, for the caller to refuse (a
+        flag) or drop (version 1 ignored such values).
+    """
+    for key, entry in PART_OPTION_KEYS.items():
+        value = values.get(key)
+        if value is not None:
+            yield key, value, [(family, option) for family, option in entry.targets
+                               if takes(family, parts[family], option)]
+
+
+# ---------------------------------------------------------------------------------------------
 # Flat configurations of checkpoint format version 1
 
 _FLAT_DATA = ("dataset", "data_dir", "download", "binarize", "num_validation", "synthetic_z_dim",
               "synthetic_x_dim", "synthetic_num_train", "synthetic_seed", "synthetic_prior")
 _FLAT_MODEL = ("z_dim", "x_dim", "image_shape")
 _FLAT_TRAINING = ("num_epochs", "batch_size", "learning_rate", "kl_warmup_epochs", "jit")
-#: flat key -> (family, {part name: option}); None as the part name: every part of the family
-_FLAT_OPTIONS = {
-    "prior_components": ("prior", {"mog": "num_components", "vamp": "num_components"}),
-    "prior_flows": ("prior", {"flow": "num_flows"}),
-    "flow_hidden": ("prior", {"flow": "flow_hidden"}),
-    "sigma": ("likelihood", {"gaussian": "sigma"}),
-    "min_scale": ("likelihood", {"gaussian-learned": "min_scale"}),
-    "guide_flows": ("guide", {"iaf": "num_flows"}),
-    "hidden_dims": ("architecture", {None: "hidden_dims"}),
-    "activation": ("architecture", {None: "activation"}),
-    "num_particles": ("objective", {None: "num_particles"}),
-}
 _FLAT_PARTS = {"prior": "standard", "likelihood": "bernoulli", "guide": "diagonal",
                "architecture": "mlp", "objective": "elbo"}
 _FLAT_OTHER = ("seed", "device", "title")
-FLAT_KEYS = (_FLAT_DATA + _FLAT_MODEL + _FLAT_TRAINING + tuple(_FLAT_OPTIONS)
+FLAT_KEYS = (_FLAT_DATA + _FLAT_MODEL + _FLAT_TRAINING + tuple(PART_OPTION_KEYS)
              + tuple(_FLAT_PARTS) + _FLAT_OTHER)
 
 
-def from_flat(flat):
+def _takes_unknown(family, name, option):
+    raise ConfigError(f"a flat configuration (checkpoint format version 1) that sets options "
+                      f"of its parts ({option} for the {family}) is converted where the parts "
+                      "are known: pass it to inference.build.resolve or build, or read its run "
+                      "with inference.checkpoint")
+
+
+def from_flat(flat, takes=None):
     """Convert a flat configuration (checkpoint format version 1, and the README's examples of
-    that time) into the nested form. Options go to the part that takes them; values of options
-    the chosen part does not take (``sigma`` of a Bernoulli likelihood) are dropped, as the old
-    code ignored them."""
+    that time) into the nested form. Each part option goes to every chosen part that takes it,
+    as its flag does (:func:`place_part_options`); ``takes(family, name, option)`` says which
+    do (``inference.build.takes_option``, from the registries). A value no chosen part takes
+    (``sigma`` of a Bernoulli likelihood) is dropped, as the old code ignored it. Without
+    ``takes``, a flat configuration that sets part options is refused."""
     for key in flat:
         if key not in FLAT_KEYS:
             raise ConfigError(f"unknown setting {key!r} in the configuration"
                               f"{did_you_mean(key, FLAT_KEYS)}")
     parts = {family: flat.get(family) or default for family, default in _FLAT_PARTS.items()}
     options = {family: {} for family in parts}
-    for key, (family, targets) in _FLAT_OPTIONS.items():
-        value = flat.get(key)
-        if value is None:
-            continue
-        option = targets.get(parts[family], targets.get(None))
-        if option is not None:
-            options[family][option] = value
-    if parts["guide"] == "iaf" and flat.get("flow_hidden") is not None:
-        options["guide"]["flow_hidden"] = flat["flow_hidden"]
+    placed = list(place_part_options(flat, parts, takes or _takes_unknown))
+    # Each part's options in the order version 1 gave them: those of the keys that serve its
+    # family first, then those it takes besides (the iaf guide's flow_hidden).
+    for first in (True, False):
+        for key, value, taken in placed:
+            for family, option in taken:
+                if (family == PART_OPTION_KEYS[key].targets[0][0]) is first:
+                    options[family][option] = value
     nested = {
         "data": {key: flat[key] for key in _FLAT_DATA if key in flat},
         "model": {key: flat[key] for key in _FLAT_MODEL if key in flat},
