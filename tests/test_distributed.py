@@ -335,19 +335,18 @@ def test_sharded_evaluation_equals_one_process_exactly(tmp_path, tiny_run):
     # single process runs here, in this test's process.
     with one_thread():
         run_main("evaluate", tiny_run, *flags, "--out", tmp_path / "1.json")
-    for processes in (2, 3):
-        finished = torchrun(processes, "evaluate.py", tiny_run, *flags, "--out",
-                            tmp_path / f"{processes}.json")
-        assert finished.returncode == 0, finished.stderr[-3000:]
+    # Two processes share 23 points unevenly (12 and 11), in chunks that split differently.
+    finished = torchrun(2, "evaluate.py", tiny_run, *flags, "--out", tmp_path / "2.json")
+    assert finished.returncode == 0, finished.stderr[-3000:]
     one = (tmp_path / "1.csv").read_bytes()
-    assert one == (tmp_path / "2.csv").read_bytes() == (tmp_path / "3.csv").read_bytes()
+    assert one == (tmp_path / "2.csv").read_bytes()
     assert one.count(b"\n") == 1 + 4 * 23
     # The per-point k-hats among them (written in full precision), bit for bit.
     khats = [torch.tensor([float(row["khat"]) for row in read_csv_rows(tmp_path / f"{g}.csv")
                            if row["estimator"] == "importance"], dtype=torch.float64)
-             for g in (1, 2, 3)]
+             for g in (1, 2)]
     assert torch.isfinite(khats[0]).all() and khats[0].numel() == 23
-    assert torch.equal(khats[0], khats[1]) and torch.equal(khats[0], khats[2])
+    assert torch.equal(khats[0], khats[1])
     # compare.py too: its table (all but the seconds) and its paired differences.
     flags = ["--estimator", "importance,elbo", "--num-samples", "3,6", "--num-data", "23",
              "--max-batch-elements", "24", "--no-progress", "--device", "cpu"]
