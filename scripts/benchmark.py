@@ -38,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from evaluation.estimators import estimate
 from evaluation import command_line as cli
+from evaluation.command_line import parsers
 from evaluation.reporting.tables import Column, fixed, render
 from inference.build import build, resolve
 from models.data import load_dataset
@@ -46,7 +47,7 @@ from inference.log_weights import (chunk_jit, chunks, default_max_batch_elements
                                    log_weight_chunks)
 from inference.training import TrainingStep, adam
 from inference.training.gradients import LossGradients
-from models.utilities.entry_points import comma_list, entry_point
+from models.utilities.entry_points import entry_point
 from models.base.config import ConfigError, RunConfig
 from models.utilities.device_syncs import SyncCounter
 from models.utilities.files import atomic_write_json, atomic_write_text
@@ -481,40 +482,7 @@ def _main(args):
     return report
 
 
-def make_parser():
-    parser = cli.make_parser("Time the project's training step and importance estimate "
-                             "against hand-written PyTorch, side by side.", __file__)
-    group = parser.add_argument_group("benchmark")
-    group.add_argument("--quick", action="store_true",
-                       help="a short run (about a minute on two CPU cores): K=1000 only, no "
-                       "full epoch")
-    group.add_argument("--batch-sizes", type=comma_list(int), default=None,
-                       help="training batch sizes (default: 128,1024)")
-    group.add_argument("--num-samples", type=comma_list(int), default=None,
-                       help="K of the importance estimates (default: 1000,5000; --quick: 1000)")
-    group.add_argument("--variants", type=comma_list(str), default=["jit"],
-                       help="losses of the project's step: jit (the default of train.py; on "
-                       "CUDA with its CUDA graph), no-graph (--no-cuda-graph), plain (--no-jit), "
-                       "compile (torch.compile of the plain loss); jit and plain also time the "
-                       "estimate with its chunks "
-                       "traced by the JIT (the estimators' default) and without")
-    group.add_argument("--blocks", type=int, default=7, help="interleaved blocks of training")
-    group.add_argument("--steps", type=int, default=30, help="training steps per block")
-    group.add_argument("--eval-blocks", type=int, default=9,
-                       help="interleaved blocks of evaluation")
-    group.add_argument("--eval-data", type=int, default=200, help="test images scored")
-    group.add_argument("--z-dim", type=int, default=50)
-    group.add_argument("--hidden-dims", type=comma_list(int), default=[512, 256])
-    group.add_argument("--out", default=None, help="write the numbers here as JSON")
-    group.add_argument("--markdown", default=None,
-                       help="append the tables, as a dated Markdown section, to the end of this "
-                       "file (made if absent; its text is kept); none without it")
-    cli.add_data_flags(parser, source=False)
-    cli.add_common_flags(parser)
-    return parser
-
-
-main = entry_point(_main, make_parser)
+main = entry_point(_main, parsers.benchmark)
 
 
 if __name__ == "__main__":

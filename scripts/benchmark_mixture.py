@@ -17,6 +17,7 @@ import pyro.distributions as dist
 import torch
 
 from evaluation import command_line as cli
+from evaluation.command_line import parsers
 from models.utilities.entry_points import entry_point
 from models.distributions import DiagonalNormalMixture
 
@@ -64,18 +65,7 @@ def _main(args):
     print(f"  broadcasting / matrix products: {rows[1][1] / rows[0][1]:.1f}x")
 
 
-def make_parser():
-    parser = cli.make_parser(__doc__, __file__)
-    group = parser.add_argument_group("sizes")
-    group.add_argument("--num-components", type=int, default=500)
-    group.add_argument("--z-dim", type=int, default=50)
-    group.add_argument("--num-points", type=int, default=5350)
-    group.add_argument("--repeats", type=int, default=5)
-    cli.add_common_flags(parser)
-    return parser
-
-
-main = entry_point(_main, make_parser)
+main = entry_point(_main, parsers.benchmark_mixture)
 
 
 if __name__ == "__main__":

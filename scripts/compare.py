@@ -22,6 +22,7 @@ import torch
 
 from evaluation.estimators import ESTIMATORS, estimate, options_for
 from evaluation import command_line as cli
+from evaluation.command_line import parsers
 from evaluation.reporting import palette, plots
 from evaluation.reporting.html import figure_html, page
 from evaluation.reporting.tables import (ESTIMATE_COLUMNS, PAIRED_COLUMNS, RUN_COLUMN, Column,
@@ -191,19 +192,8 @@ def compare(args, group=None):
     return rows, paired_rows
 
 
-def make_parser():
-    parser = cli.make_parser("Compare estimates of log p(x) across runs, estimators and K.",
-                             __file__)
-    parser.add_argument("runs", nargs="+", help="run folders or checkpoints; the first is the "
-                        "baseline of paired comparisons")
-    group = cli.add_evaluation_flags(parser, default_estimators=("importance",), grid=True,
-                                     num_data=100)
-    group.add_argument("--out", default="comparison", help="folder for tables and plots")
-    cli.add_opened_run_flags(parser, estimator_options=True)
-    return parser
-
-
-main = entry_point(_main, make_parser)
+make_parser = parsers.compare   # the name the tests build this parser by
+main = entry_point(_main, parsers.compare)
 
 
 if __name__ == "__main__":

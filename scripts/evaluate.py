@@ -18,18 +18,12 @@ approximation gap + amortization gap.
 """
 
 from evaluation import command_line as cli
+from evaluation.command_line import parsers
+from evaluation.command_line.parsers import LOCAL_DEFAULTS, LOCAL_FLAGS
 from evaluation.reporting.scoring import csv_path, score_run
-from inference.local import fit_local_guide
 from models.utilities.entry_points import entry_point
 from models.base.config import ConfigError
 from models.utilities.files import refuse_to_overwrite
-from models.base.registry import option_defaults
-
-#: the flags of the local fit and the parameters of fit_local_guide they set, whose defaults
-#: are fit_local_guide's
-LOCAL_FLAGS = {"local_steps": "num_steps", "local_learning_rate": "learning_rate",
-               "local_particles": "num_particles"}
-LOCAL_DEFAULTS = option_defaults(fit_local_guide, ("model", "guide", "x", "progress"))[0]
 
 
 def check_local_flags(args):
@@ -87,29 +81,8 @@ def evaluate(args, group=None):
                      bdmc=args.bdmc, out=args.out, progress=not args.no_progress, group=group)
 
 
-def make_parser():
-    parser = cli.make_parser("Estimate log p(x) per data point for a trained run.", __file__)
-    parser.add_argument("run", help="a run folder (its best.pt is used) or a checkpoint file")
-    group = cli.add_evaluation_flags(parser, default_estimators=("elbo", "importance"))
-    group.add_argument("--bdmc", type=int, default=None, metavar="N",
-                       help="also run BDMC on N points simulated from the model")
-    group.add_argument("--out", default=None,
-                       help="write the summary JSON here and the per-point CSV beside it")
-    local = parser.add_argument_group("guide")
-    local.add_argument("--guide", default=None,
-                       help="the guide of the estimators: the run's own (default) or local, "
-                       "per-point parameters fitted on the evaluation points, with the gap "
-                       "decomposition")
-    for name, what in (("local_steps", "Adam steps"), ("local_learning_rate", "Adam step size"),
-                       ("local_particles", "draws of z per point and step")):
-        default = LOCAL_DEFAULTS[LOCAL_FLAGS[name]]
-        local.add_argument(cli.flag(name), type=type(default), default=None,
-                           help=f"{what} of the local fit (default: {default})")
-    cli.add_opened_run_flags(parser, estimator_options=True)
-    return parser
-
-
-main = entry_point(_main, make_parser)
+make_parser = parsers.evaluate   # the name the tests build this parser by
+main = entry_point(_main, parsers.evaluate)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,10 @@ import os
 import numpy as np
 
 from evaluation import command_line as cli
+from evaluation.command_line import parsers
 from models.data import MNIST_FILES, default_data_dir, read_mnist
 from models.utilities.entry_points import entry_point
 from models.utilities.files import atomic_write_bytes, refuse_to_overwrite
-
-DEFAULT_OUT = os.path.join("inference", "assets", "mnist_subset.npz")
 
 
 def md5(path):
@@ -62,20 +61,7 @@ def _main(args):
     print(provenance)
 
 
-def make_parser():
-    parser = cli.make_parser(__doc__.splitlines()[0], __file__)
-    cli.add_data_flags(parser, source=False)
-    group = parser.add_argument_group("subset")
-    group.add_argument("--num-train", type=int, default=2000,
-                       help="how many of the first training images to keep")
-    group.add_argument("--num-test", type=int, default=500,
-                       help="how many of the first test images to keep")
-    group.add_argument("--out", default=DEFAULT_OUT, help="the .npz file to write")
-    group.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    return parser
-
-
-main = entry_point(_main, make_parser)
+main = entry_point(_main, parsers.make_mnist_subset)
 
 
 if __name__ == "__main__":

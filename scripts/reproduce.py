@@ -48,31 +48,14 @@ import torch
 
 from evaluation.estimators import estimate
 from evaluation import command_line as cli
+from evaluation.command_line import parsers
+from evaluation.command_line.parsers import PRESETS   # the flags of train.py each preset sets
 from evaluation.reporting import plots
 from evaluation.reporting.scoring import csv_path, score_run
-from models.utilities.entry_points import comma_list, entry_point
+from models.utilities.entry_points import entry_point
 from models.base.config import ConfigError
 from models.utilities.files import atomic_write_text, refuse_to_overwrite
 
-#: Burda et al. (2016), section 5; the flags of train.py each preset sets
-BURDA = {"dataset": "mnist", "binarize": "dynamic", "num_validation": 0,
-         "hidden_dims": [200, 200], "activation": "tanh", "z_dim": 50,
-         "prior": "standard", "guide": "diagonal", "likelihood": "bernoulli",
-         "batch_size": 20, "learning_rate": 1e-3, "learning_rate_schedule": "burda",
-         "adam_eps": 1e-4, "num_epochs": 3280}
-SHORT_EPOCHS = 400
-#: the ``-batch100`` variant: batch 100 (five times the images per step, about 2.8 times the
-#: images per second on one CPU thread) and the schedule laid over 2,000 epochs
-BATCH100 = {"batch_size": 100, "num_epochs": 2000}
-PRESETS = {
-    "burda-vae": dict(BURDA, objective="elbo", num_particles=1),
-    "burda-iwae5": dict(BURDA, objective="iwae", num_particles=5),
-    "burda-iwae50": dict(BURDA, objective="iwae", num_particles=50),
-}
-BASE_PRESETS = list(PRESETS.items())
-PRESETS.update({f"{name}-short": dict(flags, num_epochs=SHORT_EPOCHS)
-                for name, flags in BASE_PRESETS})
-PRESETS.update({f"{name}-batch100": dict(flags, **BATCH100) for name, flags in BASE_PRESETS})
 #: the published test log-likelihoods (nats; K = 5000 on the 10,000 test images), Table 1
 PUBLISHED = {"burda-vae": -86.76, "burda-iwae5": -85.54, "burda-iwae50": -84.78}
 
@@ -221,30 +204,8 @@ def score(args, final, group=None):
                      progress=not args.no_progress, group=group)
 
 
-def make_parser():
-    parser = cli.make_training_parser(
-        "Train and score a model by a published protocol (Burda et al. 2016): the preset fills "
-        "every training flag not given.", __file__)
-    parser.add_argument("preset", choices=sorted(PRESETS),
-                        help="the protocol; -short: the schedule over 400 epochs; -batch100: "
-                             "batch 100, the schedule over 2,000 epochs")
-    group = parser.add_argument_group("learning curve and final score")
-    group.add_argument("--curve-epochs", type=comma_list(int), default=None,
-                       help="epochs after which to score the model for the learning curve "
-                       "(default: 1,2,5,10,20,50,... and the last)")
-    group.add_argument("--curve-samples", type=int, default=1000,
-                       help="K of the learning-curve scores")
-    group.add_argument("--curve-data", type=int, default=1000,
-                       help="test images of the learning-curve scores (the first ones)")
-    group.add_argument("--eval-samples", type=int, default=5000,
-                       help="K of the final importance-sampling score")
-    group.add_argument("--eval-data", type=int, default=10000,
-                       help="test images of the final score (the first ones; all 10,000 by "
-                       "default)")
-    return parser
-
-
-main = entry_point(_main, make_parser)
+make_parser = parsers.reproduce   # the name the tests build this parser by
+main = entry_point(_main, parsers.reproduce)
 
 
 if __name__ == "__main__":

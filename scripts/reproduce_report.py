@@ -16,7 +16,7 @@ import json
 import math
 import os
 
-from evaluation import command_line as cli
+from evaluation.command_line import parsers
 from evaluation.reporting import plots
 from evaluation.reporting.tables import Column, fixed, render
 from models.utilities.entry_points import entry_point
@@ -147,21 +147,7 @@ def _main(args):
     return runs, paired_rows
 
 
-def make_parser():
-    parser = cli.make_parser("The table and learning curves of reproduce.py runs beside the "
-                             "published numbers.", __file__)
-    parser.add_argument("runs", nargs="+", help="run folders of reproduce.py (the first is the "
-                        "baseline of the paired differences)")
-    parser.add_argument("--labels", type=lambda text: text.split(","), default=None,
-                        help="names of the runs, comma-separated (default: the folder names)")
-    parser.add_argument("--out", default=None, help="write the Markdown tables here")
-    parser.add_argument("--figure", default=None, help="draw the learning curves here (PNG)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace output files that exist already")
-    return parser
-
-
-main = entry_point(_main, make_parser)
+main = entry_point(_main, parsers.reproduce_report)
 
 
 if __name__ == "__main__":

@@ -5,32 +5,34 @@ Example (about 5 minutes on two CPU cores)::
 
     python scripts/tutorial.py --data-dir ../data --overwrite
 
-It runs ``train.py`` (skipped when ``--run`` already holds a finished run), then ``explore.py``,
-then copies the figures into ``--docs``/figures (re-encoded with a 64-colour palette so that
-they stay small) and fills in the tutorial's text.
+It trains as ``train.py`` does (skipped when ``--run`` already holds a finished run), then draws
+the figures as ``explore.py`` does, each in this process through the library and announced by
+the equivalent command line; then it copies the figures into ``--docs``/figures (re-encoded
+with a 64-colour palette so that they stay small) and fills in the tutorial's text.
 """
 
 import json
 import os
 
 from evaluation import command_line as cli
+from evaluation.command_line import parsers
+from evaluation.command_line.commands import check_explore_flags, explore, train
 from evaluation.reporting.tables import columns, render
-from models.utilities.entry_points import comma_list, entry_point
+from models.utilities.entry_points import entry_point
 from models.utilities.files import atomic_write_bytes, atomic_write_text, refuse_to_overwrite
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 FIGURES = ("manifold", "latent_map", "blueprint", "posterior", "convergence", "samples",
            "reconstructions")
 TABLE = columns("estimator", "num_samples", "num_data", "log_px_mean", "log_px_stderr",
                 "ess_mean", "khat_frac_above_0_7")
 
 
-def script(name, *args):
-    """Run one of the project's scripts in this process; a failure (which the script reports
-    in one line) stops the tutorial."""
+def script_command(name, parser, *args):
+    """The command line of ``scripts/<name>`` that does a step of the tutorial: as the reader
+    would type it, and parsed by that script's ``parser`` (the step takes its settings from
+    there, so that the line printed is the one that does it)."""
     argv = [str(arg) for arg in args]
-    print(f"$ python scripts/{name} {' '.join(argv)}", flush=True)
-    return cli.script_module(os.path.join(HERE, name)).main(argv)
+    return f"$ python scripts/{name} {' '.join(argv)}", parser.parse_args(argv)
 
 
 def small_png(source, target, colours=64):
@@ -203,7 +205,7 @@ def comparison_sentence(by_name):
 
 def _main(args):
     run_dir = args.run
-    defaults = make_parser()
+    defaults = parsers.tutorial()
     command = "python scripts/tutorial.py" + (" --data-dir ../data" if args.data_dir else "")
     for flag, value in (("--dataset", args.dataset), ("--num-epochs", args.num_epochs),
                         ("--index", args.index)):
@@ -216,15 +218,23 @@ def _main(args):
     shared = [item for name in ("seed", "device", "data_dir") if getattr(args, name) is not None
               for item in (cli.flag(name), getattr(args, name))]
     shared += ["--no-progress"] if args.no_progress else []
+    train_line, train_args = script_command(
+        "train.py", parsers.train(), "--dataset", args.dataset, "--z-dim", 2, "--num-epochs",
+        args.num_epochs, "--out", run_dir, "--resume", *shared)
+    explore_line, explore_args = script_command(
+        "explore.py", parsers.explore(), run_dir, "--index", args.index, "--z",
+        ",".join(map(str, args.z)), "--convergence-k", ",".join(map(str, args.convergence_k)),
+        "--eval-data", args.eval_data, "--num-samples", args.num_samples, "--ais-steps", 200,
+        *shared, *(["--overwrite"] if args.overwrite else []))
+    # What explore.py would refuse of its flags is refused before the training, not after it.
+    check_explore_flags(explore_args)
     if os.path.isfile(os.path.join(run_dir, "summary.json")):
         print(f"{run_dir} holds a finished run; using it (delete it to retrain)")
     else:
-        script("train.py", "--dataset", args.dataset, "--z-dim", 2, "--num-epochs",
-               args.num_epochs, "--out", run_dir, "--resume", *shared)
-    script("explore.py", run_dir, "--index", args.index, "--z", ",".join(map(str, args.z)),
-           "--convergence-k", ",".join(map(str, args.convergence_k)), "--eval-data",
-           args.eval_data, "--num-samples", args.num_samples, "--ais-steps", 200, *shared,
-           *(["--overwrite"] if args.overwrite else []))
+        print(train_line, flush=True)
+        train(train_args)
+    print(explore_line, flush=True)
+    explore(explore_args)
 
     os.makedirs(figure_dir, exist_ok=True)
     total = 0
@@ -243,28 +253,7 @@ def _main(args):
           f"the run's report is {os.path.join(run_dir, 'report.html')}")
 
 
-def make_parser():
-    parser = cli.make_parser(
-        "Train a 2-D-latent VAE, draw its figures and write docs/tutorial.md.", __file__)
-    parser.add_argument("--dataset", default="mnist", choices=("mnist", "mnist-subset"))
-    parser.add_argument("--num-epochs", type=int, default=10)
-    parser.add_argument("--run", default=os.path.join("runs", "tutorial-z2"),
-                        help="run folder (reused when it holds a finished run)")
-    parser.add_argument("--docs", default="docs", help="where tutorial.md and figures/ go")
-    parser.add_argument("--index", type=int, default=0, help="the test image of section 3")
-    parser.add_argument("--z", type=comma_list(float), default=[0.1, 0.5],
-                        help="the blueprint of section 2")
-    parser.add_argument("--convergence-k", type=comma_list(int),
-                        default=[1, 10, 100, 1000, 10000], help="K values of section 4")
-    parser.add_argument("--eval-data", type=int, default=1000,
-                        help="test images in the evaluation table")
-    parser.add_argument("--num-samples", type=int, default=1000,
-                        help="K of the evaluation table")
-    cli.add_opened_run_flags(parser)
-    return parser
-
-
-main = entry_point(_main, make_parser)
+main = entry_point(_main, parsers.tutorial)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The layers point down only: scripts -> evaluation.command_line -> evaluation.reporting ->
 evaluation (estimators) -> inference -> models -> models.utilities -> models.base.
 This test reads the import statements of every module (including imports inside functions) and
-fails when one points up a layer."""
+fails when one points up a layer, and when a script imports another (what two scripts share
+belongs to the library)."""
 
 import ast
 import os
@@ -93,6 +94,75 @@ def test_the_layer_check_finds_an_upward_import(tmp_path):
         "evaluation.reporting (evaluation.reporting)",
         "models/base/config.py:2: models.base.config (models.base) imports inference.checkpoint "
         "(inference)"]
+
+
+#: calls that load a module from a file or by a name given as text: a script that made one
+#: could run another script without an import statement
+LOADERS = {"script_module", "spec_from_file_location", "run_path", "run_module", "import_module",
+           "__import__", "load_script"}
+
+
+def script_imports(root):
+    """['path:line: what'] for every place where a file under scripts/ imports another script:
+    an import of ``scripts`` or ``scripts.*``, a relative import, an import of a sibling
+    script by its bare name (``import train``: scripts/ is on the path of a script it runs),
+    ``runpy``, or a call that loads a module from a path or a name (:data:`LOADERS`). What two
+    scripts share belongs to the library."""
+    folder = os.path.join(root, "scripts")
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".py"))
+    siblings = {name[:-3] for name in names}
+    found = []
+    for name in names:
+        path = os.path.join(folder, name)
+        with open(path) as handle:
+            tree = ast.parse(handle.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                targets = ["." * node.level + (node.module or "")]
+            elif isinstance(node, ast.Call):
+                function = node.func
+                called = function.attr if isinstance(function, ast.Attribute) else \
+                    getattr(function, "id", None)
+                if called in LOADERS:
+                    found.append(f"scripts/{name}:{node.lineno}: calls {called}")
+                continue
+            else:
+                continue
+            for target in targets:
+                top = target.split(".")[0]
+                if target.startswith(".") or top in ("scripts", "runpy") or top in siblings:
+                    found.append(f"scripts/{name}:{node.lineno}: imports {target}")
+    return found
+
+
+def test_no_script_imports_another():
+    assert script_imports(ROOT) == []
+
+
+def test_the_script_check_finds_a_script_that_imports_another(tmp_path):
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "train.py").write_text("from evaluation import command_line as cli\n"
+                                      "import os\n")
+    (scripts / "explore.py").write_text("import scripts.train\nfrom scripts import train\n")
+    (scripts / "tutorial.py").write_text(
+        "import importlib.util\n\n\ndef late():\n    import train\n"
+        "    spec = importlib.util.spec_from_file_location('t', 'scripts/train.py')\n")
+    (scripts / "flags.py").write_text(
+        "import runpy\nfrom evaluation import command_line as cli\n"
+        "cli.script_module('scripts/train.py')\nrunpy.run_path('scripts/train.py')\n"
+        "from . import train\n")
+    assert sorted(script_imports(tmp_path)) == [
+        "scripts/explore.py:1: imports scripts.train",
+        "scripts/explore.py:2: imports scripts",
+        "scripts/flags.py:1: imports runpy",
+        "scripts/flags.py:3: calls script_module",
+        "scripts/flags.py:4: calls run_path",
+        "scripts/flags.py:5: imports .",
+        "scripts/tutorial.py:5: imports train",
+        "scripts/tutorial.py:6: calls spec_from_file_location"]
 
 
 def readme_layout(root):

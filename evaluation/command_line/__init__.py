@@ -7,6 +7,10 @@
   a run to import;
 - :mod:`evaluation.command_line.opening`: how a script starts and opens what it works on (a run
   folder to train, a trained run to evaluate, the torchrun process group);
+- :mod:`evaluation.command_line.parsers`: the parser of every script, one function per script
+  (``parsers.train()``, ...), and ``PARSERS``, all of them;
+- :mod:`evaluation.command_line.commands`: what ``train.py`` and ``explore.py`` do with their
+  parsed flags, for the tutorial to run the same steps;
 - :mod:`evaluation.command_line.flag_reference`: ``docs/flags.md`` from the parsers.
 
 Scripts use it as ``from evaluation import command_line as cli``.
@@ -24,8 +28,8 @@ from evaluation.command_line.flags import (add_common_flags, config_default, opt
                                            make_training_parser, add_opened_run_flags,
                                            add_evaluation_flags, add_estimator_flags,
                                            check_positive)
-from evaluation.command_line.opening import (script_module, start, processes, time_budget,
-                                             open_training, OpenRun, open_run)
+from evaluation.command_line.opening import (start, processes, time_budget, open_training,
+                                             OpenRun, open_run)
 from evaluation.command_line.flag_reference import (flag_reference)
 
 __all__ = [
@@ -36,4 +40,4 @@ __all__ = [
     'config_default', 'estimator_names', 'estimator_option_defaults', 'estimator_options',
     'flag', 'flag_reference', 'make_parser', 'make_training_parser', 'num_samples_for',
     'open_run', 'open_training', 'option_defaults', 'own_sample_counts', 'own_sample_flags',
-    'processes', 'script_module', 'start', 'time_budget', 'trusted_parts']
+    'processes', 'start', 'time_budget', 'trusted_parts']

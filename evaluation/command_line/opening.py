@@ -4,7 +4,6 @@
 the chosen points of the chosen split)."""
 
 import contextlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -18,18 +17,6 @@ from inference.run_life import open_training_run
 from inference.run_life import load_run
 from models.base.config import ConfigError, RunConfig, check_seed
 from models.utilities.device import resolve_device
-
-
-def script_module(path, prefix="vae_script"):
-    """Import the script at ``path`` (``scripts/train.py``, which is not in a package) as a
-    module, to call its ``main(argv)`` or ``make_parser()`` in this process: only for
-    ``flag_reference.py`` (every script's parser) and ``tutorial.py`` (which runs the scripts
-    as its reader would). A script that needs what another does calls the library instead."""
-    name = os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def start(args, group=None):
