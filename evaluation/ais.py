@@ -18,6 +18,13 @@ points; data points are processed in chunks to bound memory.
 Run with the schedule reversed from an exact posterior sample (available for data simulated from
 the model), the same recursion gives E[w] = 1 / p(x), so -log w is a stochastic upper bound: the
 two together sandwich log p(x) (BDMC).
+
+The standard error of an AIS estimate (the spread of the chains' weights) measures only the
+Monte Carlo error over the chains: the bias of annealing with too few steps, which keeps the
+estimate below log p(x) however many chains run, is not in it. The BDMC gap of :func:`bdmc`
+is the tool for that bias. With fewer chains than
+:data:`evaluation.diagnostics.MIN_KHAT_SAMPLES` the chains' weights get no Pareto k-hat: their
+reliability is not checked (and the estimators' summary says so).
 """
 
 import math

@@ -32,8 +32,7 @@ import pyro
 import torch
 
 from evaluation import ais as annealing
-from evaluation.diagnostics import (KHAT_THRESHOLD, WeightSummary, fraction_flagged,
-                                    summarize_weights)
+from evaluation.diagnostics import KHAT_THRESHOLD, WeightSummary, fraction_flagged
 from evaluation.quadrature import points_per_chunk as quadrature_points_per_chunk
 from evaluation.quadrature import quadrature_log_marginal
 from inference.log_weights import (check_num_samples, chunk_seeds, default_max_batch_elements,
@@ -48,8 +47,14 @@ class Estimate:
     """Per-data-point estimates of log p(x) from one estimator; tensors of shape (N,), float64.
 
     ``stderr`` is the Monte Carlo standard error of each estimate (for ``quadrature``, the last
-    change under grid refinement; for ``exact``, zero). ``ess``, ``khat`` and ``max_weight``
-    describe the importance weights (NaN where an estimator has none).
+    change under grid refinement; for ``exact``, zero). For a log-mean-exp of weights it is
+    :func:`evaluation.diagnostics.covering_stderr`, which counts the tail of the weights that
+    the delta method misses; ``stderr_delta`` keeps the delta method's (where an estimator has
+    no other, the same as ``stderr``). ``ess``, ``khat`` and ``max_weight`` describe the
+    importance weights (NaN where an estimator has none). ``khat_applies``: the estimate is a
+    log-mean-exp of weights, which Pareto k-hat judges; where it applies and every k-hat is
+    NaN (fewer than ``MIN_KHAT_SAMPLES`` weights, as AIS with its default 16 chains), the
+    summary says "not checked", never that no point is flagged.
     """
 
     estimator: str
@@ -61,37 +66,59 @@ class Estimate:
     num_samples: int
     seconds: float = math.nan
     info: dict = field(default_factory=dict)
+    stderr_delta: torch.Tensor = None
+    khat_applies: bool = False
+
+    def __post_init__(self):
+        if self.stderr_delta is None:
+            self.stderr_delta = self.stderr
+
+    def khat_checked(self):
+        """True where k-hat judged the points, False where it applies but could not (too few
+        weights), None where it does not apply (no weights, or a plain mean such as the ELBO)."""
+        if torch.isfinite(self.khat).any():
+            return True
+        return False if self.khat_applies and self.estimate.numel() else None
 
     def summary(self):
         """Means over the data points. ``log_px_stderr`` is the Monte Carlo error of
-        ``log_px_mean`` (sqrt(sum_n se_n^2) / N); ``log_px_data_stderr`` is the spread of the
-        per-point estimates over the data, sd / sqrt(N), the error of the mean as an estimate of
-        the expectation over the data distribution."""
+        ``log_px_mean`` (sqrt(sum_n se_n^2) / N), from the reported per-point errors;
+        ``log_px_stderr_delta`` the same from the delta method's; ``log_px_data_stderr`` is the
+        spread of the per-point estimates over the data, sd / sqrt(N), the error of the mean as
+        an estimate of the expectation over the data distribution. ``khat_checked`` is
+        :meth:`khat_checked`; where it is not True, ``khat_frac_above_0_7`` is NaN and
+        ``num_flagged`` None: nothing was flagged because nothing was checked."""
         num_data = self.estimate.numel()
-        finite_se = self.stderr[torch.isfinite(self.stderr)]
-        mc_stderr = (finite_se ** 2).sum().sqrt().item() / num_data if finite_se.numel() \
-            else math.nan
         data_stderr = self.estimate.std().item() / math.sqrt(num_data) if num_data > 1 \
             else math.nan
+        checked = self.khat_checked()
         return {
             "estimator": self.estimator,
             "num_samples": self.num_samples,
             "num_data": num_data,
             "log_px_mean": self.estimate.mean().item(),
-            "log_px_stderr": mc_stderr,
+            "log_px_stderr": _stderr_of_mean(self.stderr, num_data),
+            "log_px_stderr_delta": _stderr_of_mean(self.stderr_delta, num_data),
             "log_px_data_stderr": data_stderr,
             "ess_mean": _nanmean(self.ess),
             "ess_fraction_mean": _nanmean(self.ess) / self.num_samples if self.num_samples
             else math.nan,
             "khat_mean": _nanmean(self.khat),
-            "khat_frac_above_0_7": fraction_flagged(self.khat, KHAT_THRESHOLD)
-            if torch.isfinite(self.khat).any() else math.nan,
-            "num_flagged": int((self.khat > KHAT_THRESHOLD).sum()),
+            "khat_checked": checked,
+            "khat_frac_above_0_7": fraction_flagged(self.khat, KHAT_THRESHOLD) if checked
+            else math.nan,
+            "num_flagged": int((self.khat > KHAT_THRESHOLD).sum()) if checked else None,
             "max_weight_mean": _nanmean(self.max_weight),
             "seconds": self.seconds,
             **{key: _nanmean(value) if torch.is_tensor(value) else value
                for key, value in self.info.items()},
         }
+
+
+def _stderr_of_mean(stderr, num_data):
+    """sqrt(sum_n se_n^2) / N over the finite standard errors."""
+    finite = stderr[torch.isfinite(stderr)]
+    return (finite ** 2).sum().sqrt().item() / num_data if finite.numel() else math.nan
 
 
 def _nanmean(values):
@@ -104,13 +131,17 @@ def _nan(num_data):
 
 
 def _from_weights(name, log_weights, num_samples, info=None):
-    return _from_summary(name, summarize_weights(log_weights), num_samples, info)
+    summary = WeightSummary(log_weights.shape[1], log_weights.shape[0], log_weights.device,
+                            log_moments=False)
+    summary.update(slice(None), log_weights)
+    return _from_summary(name, summary.result(), num_samples, info)
 
 
 def _from_summary(name, diagnostics, num_samples, info=None):
     return Estimate(name, diagnostics["estimate"], diagnostics["stderr"], diagnostics["ess"],
                     diagnostics["khat"], diagnostics["max_weight"], num_samples,
-                    info=info or {})
+                    info=info or {}, stderr_delta=diagnostics["stderr_delta"],
+                    khat_applies=True)
 
 
 def _streamed(model, guide, x, num_samples, progress=False, log_moments=False, **options):
@@ -131,8 +162,9 @@ def elbo(model, guide, x, num_samples, *, max_batch_elements=None, progress=Fals
     # k-hat judges a log-mean-exp of weights; the ELBO is a plain mean of log weights, whose
     # standard error is trustworthy, so it is not flagged.
     result.estimate = diagnostics["log_weight_mean"]
-    result.stderr = diagnostics["log_weight_stderr"]
+    result.stderr = result.stderr_delta = diagnostics["log_weight_stderr"]
     result.khat = _nan(x.shape[0])
+    result.khat_applies = False
     return result
 
 
@@ -160,19 +192,31 @@ def mixture(model, guide, x, num_samples, *, mixture_weight=0.5, max_batch_eleme
         info={"mixture_weight": mixture_weight})
 
 
+#: what the standard error of ``ais`` leaves out, in its summary
+AIS_STDERR_EXCLUDES = ("annealing bias: the s.e. is over the chains only; the BDMC gap "
+                       "(--bdmc) bounds the bias")
+
+
 def ais(model, guide, x, num_samples, *, ais_steps=annealing.STEPS,
         ais_leapfrog=annealing.LEAPFROG, ais_step_size=annealing.STEP_SIZE,
         ais_target_accept=annealing.TARGET_ACCEPT, ais_schedule=annealing.SCHEDULE,
         ais_start="prior", max_batch_elements=None, progress=False):
     """Annealed importance sampling with ``num_samples`` chains per data point
-    (see :mod:`evaluation.ais`)."""
+    (see :mod:`evaluation.ais`).
+
+    Its ``stderr`` is the Monte Carlo error over the chains alone: it says nothing of the
+    annealing bias of too few steps, which makes AIS a stochastic lower bound whatever the
+    number of chains (the BDMC gap, ``evaluate.py --bdmc``, bounds that bias on data simulated
+    from the model); the summary says so in ``stderr_excludes``. With fewer chains than
+    ``MIN_KHAT_SAMPLES`` (the default 16) the chains' weights get no k-hat, and the summary
+    says "not checked" (``khat_checked`` False) rather than that no point is flagged."""
     log_weights, info = annealing.ais_log_weights(
         model, guide, x, num_samples, num_steps=ais_steps, num_leapfrog=ais_leapfrog,
         step_size=ais_step_size, target_accept=ais_target_accept, schedule=ais_schedule,
         start=ais_start, max_batch_elements=max_batch_elements)
     info = {"acceptance": info["acceptance"].cpu(), "step_size": info["step_size"].cpu(),
             "ais_steps": int(ais_steps), "ais_leapfrog": int(ais_leapfrog),
-            "ais_start": ais_start}
+            "ais_start": ais_start, "stderr_excludes": AIS_STDERR_EXCLUDES}
     return _from_weights("ais", log_weights, num_samples, info=info)
 
 
@@ -388,7 +432,7 @@ def _share(group, name, model, x, num_samples, budget):
 
 
 #: the per-data-point tensors of an Estimate
-_PER_POINT = ("estimate", "stderr", "ess", "khat", "max_weight")
+_PER_POINT = ("estimate", "stderr", "ess", "khat", "max_weight", "stderr_delta")
 
 
 def _gathered(group, result):
@@ -402,7 +446,8 @@ def _gathered(group, result):
             info[key] = torch.cat([part.info[key] for part in parts])
         else:
             info[key] = value
-    return Estimate(first.estimator, num_samples=first.num_samples, info=info, **joined)
+    return Estimate(first.estimator, num_samples=first.num_samples, info=info,
+                    khat_applies=first.khat_applies, **joined)
 
 
 def _on_cpu(result):
@@ -411,7 +456,8 @@ def _on_cpu(result):
     moved = {name: getattr(result, name).cpu() for name in _PER_POINT}
     info = {key: value.cpu() if torch.is_tensor(value) else value
             for key, value in result.info.items()}
-    return Estimate(result.estimator, num_samples=result.num_samples, info=info, **moved)
+    return Estimate(result.estimator, num_samples=result.num_samples, info=info,
+                    khat_applies=result.khat_applies, **moved)
 
 
 def convergence_curves(model, guide, x, num_samples, estimators, options=None, max_chains=None,

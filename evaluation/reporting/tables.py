@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-CSV_FIELDS = ("estimator", "index", "label", "estimate", "stderr", "ess", "khat", "max_weight")
+CSV_FIELDS = ("estimator", "index", "label", "estimate", "stderr", "ess", "khat", "max_weight",
+              "stderr_delta")
 
 
 def _missing(value):
@@ -45,6 +46,12 @@ def format_number(value):
     return str(value)
 
 
+def khat_note(row):
+    """'not checked' where an estimator that k-hat judges had too few weights for it (the
+    summary's ``khat_checked`` is False): never an empty cell or 0% that reads as trusted."""
+    return "not checked" if row.get("khat_checked") is False else None
+
+
 @dataclass(frozen=True)
 class Column:
     key: str
@@ -52,6 +59,13 @@ class Column:
     format: Callable = format_number
     #: left-aligned (text) rather than right-aligned (numbers)
     text: bool = False
+    #: note(row): a text shown instead of the value, or None for the value
+    note: Callable = None
+
+    def cell(self, row):
+        """The text of this column in ``row``."""
+        shown = self.note(row) if self.note is not None else None
+        return shown if shown is not None else self.format(row.get(self.key))
 
 
 ESTIMATE_COLUMNS = (
@@ -62,7 +76,7 @@ ESTIMATE_COLUMNS = (
     Column("log_px_stderr", "MC s.e.", fixed(4)),
     Column("log_px_data_stderr", "data s.e.", fixed(3)),
     Column("ess_mean", "ESS", fixed(1)),
-    Column("khat_frac_above_0_7", "k-hat > 0.7", percent),
+    Column("khat_frac_above_0_7", "k-hat > 0.7", percent, note=khat_note),
     Column("seconds", "seconds", fixed(2)),
 )
 RUN_COLUMN = Column("run", "run", str, text=True)
@@ -88,7 +102,7 @@ def columns(*keys, base=ESTIMATE_COLUMNS):
 def render(rows, table_columns=ESTIMATE_COLUMNS, style="text"):
     """``rows`` (dicts) as a table in ``style``: ``text`` (aligned, for the terminal),
     ``markdown`` or ``html``."""
-    cells = [[column.format(row.get(column.key)) for column in table_columns] for row in rows]
+    cells = [[column.cell(row) for column in table_columns] for row in rows]
     headings = [column.heading for column in table_columns]
     if style == "markdown":
         rule = ["---" if column.text else "---:" for column in table_columns]
@@ -135,7 +149,8 @@ def per_point_rows(result, labels):
             "estimator": result.estimator, "index": index, "label": int(labels[index]),
             "estimate": result.estimate[index].item(), "stderr": result.stderr[index].item(),
             "ess": result.ess[index].item(), "khat": result.khat[index].item(),
-            "max_weight": result.max_weight[index].item()})
+            "max_weight": result.max_weight[index].item(),
+            "stderr_delta": result.stderr_delta[index].item()})
     return rows
 
 
