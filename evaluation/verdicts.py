@@ -120,6 +120,10 @@ TOLERANCE = 0.05
 #: default largest measured AIS (BDMC) gap in nats that leaves AIS trusted
 MAX_AIS_GAP = 0.5
 
+#: what evaluate.py runs unless told otherwise: importance sampling, the ELBO beside it, and the
+#: defensive mixture at the same K, without which no importance estimate is checked for a
+#: missed mode (about twice the cost of importance alone)
+DEFAULT_ESTIMATORS = ("elbo", "importance", "mixture")
 NOT_CHECKED = "not checked"
 NOT_FINITE = "not finite"
 REFERENCE = "reference"
@@ -180,9 +184,10 @@ def _field(result, name, num_data=None):
 
 
 def per_point(results):
-    """{name: {"estimate", "stderr", "khat"}} of float64 tensors of one length N, from a mapping
+    """{name: {"estimate", "stderr", "khat"}} of float64 tensors of one length N, and
+    ``khat_checked`` (see :meth:`evaluation.estimators.Estimate.khat_checked`), from a mapping
     {name: Estimate or mapping with those fields} or from a sequence of Estimates (named by their
-    ``estimator``). A missing ``stderr`` or ``khat`` is NaN."""
+    ``estimator``). A missing ``stderr`` or ``khat`` is NaN, a missing ``khat_checked`` None."""
     if not isinstance(results, dict):
         named = {}
         for result in results:
@@ -203,8 +208,17 @@ def per_point(results):
             raise ValueError(f"the results differ in length: {name!r} has {estimate.numel()} "
                              f"points, others {num_data}")
         table[name] = {"estimate": estimate, "stderr": _field(result, "stderr", num_data),
-                       "khat": _field(result, "khat", num_data)}
+                       "khat": _field(result, "khat", num_data),
+                       "khat_checked": _khat_checked(result)}
     return table
+
+
+def _khat_checked(result):
+    """False where k-hat judges the estimator but could not be computed (too few weights),
+    True where it was, None where it does not apply or the result does not say."""
+    checked = result.get("khat_checked") if isinstance(result, dict) else \
+        getattr(result, "khat_checked", None)
+    return checked() if callable(checked) else checked
 
 
 def combined_stderr(*stderrs):
@@ -311,6 +325,10 @@ def point_verdicts(results, *, reference=None, reference_stderr=None, ais_gap=No
             continue
         khat_known = torch.isfinite(row["khat"])
         _add(codes[name], khat_known & (row["khat"] > khat_threshold), "khat")
+        if row["khat_checked"] is False:
+            # Too few weights for k-hat (AIS with its 16 chains, K < 20): nothing says whether
+            # the standard error can be believed, so agreement with the others proves little.
+            _add(codes[name], finite, NOT_CHECKED)
         checked = khat_known.clone()
         mode_checked = torch.zeros(num_data, dtype=torch.bool)
         if own == "annealed" and gap is not None:

@@ -24,6 +24,7 @@ from evaluation.reporting.scoring import csv_path, score_run
 from models.utilities.entry_points import entry_point
 from models.base.config import ConfigError
 from models.utilities.files import refuse_to_overwrite
+from evaluation.verdicts import DEFAULT_ESTIMATORS
 
 
 def check_local_flags(args):
@@ -61,7 +62,7 @@ def evaluate(args, group=None):
     first one prints and writes): the flags checked, the run opened, then
     :func:`evaluation.reporting.scoring.score_run`."""
     main = group is None or group.is_main
-    names = cli.estimator_names(args, default=("elbo", "importance"))
+    names = cli.estimator_names(args, default=DEFAULT_ESTIMATORS)
     cli.check_positive(args, "num_samples", "num_data", *cli.own_sample_flags())
     check_local_flags(args)
     if args.bdmc is not None and args.bdmc < 0:

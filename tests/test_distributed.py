@@ -340,7 +340,7 @@ def test_sharded_evaluation_equals_one_process_exactly(tmp_path, tiny_run):
     assert finished.returncode == 0, finished.stderr[-3000:]
     one = (tmp_path / "1.csv").read_bytes()
     assert one == (tmp_path / "2.csv").read_bytes()
-    assert one.count(b"\n") == 1 + 4 * 23
+    assert one.count(b"\n") == 1 + 5 * 23   # four estimators and the recommended value
     # The per-point k-hats among them (written in full precision), bit for bit.
     khats = [torch.tensor([float(row["khat"]) for row in read_csv_rows(tmp_path / f"{g}.csv")
                            if row["estimator"] == "importance"], dtype=torch.float64)

@@ -48,8 +48,23 @@ def test_evaluate_writes_json_and_per_point_csv(runs, tmp_path, capsys):
     assert report["bdmc"]["num_data"] == 3 and report["bdmc"]["ais_steps"] == 20
     with open(tmp_path / "eval.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 6 * 6
-    assert set(rows[0]) >= {"index", "label", "estimate", "stderr", "ess", "khat"}
+    assert len(rows) == 6 * 6 + 6   # and the recommended value of each point
+    assert set(rows[0]) >= {"index", "label", "estimate", "stderr", "ess", "khat", "trusted",
+                            "reasons", "source"}
+    # The verdicts: the ELBO is a bound that nothing checks; AIS's 4 chains are too few for
+    # k-hat, so it is not checked either; the recommended value names its estimator.
+    by_estimator = {}
+    for row in rows:
+        by_estimator.setdefault(row["estimator"], []).append(row)
+    assert all(row["trusted"] == "0" and "not checked" in row["reasons"]
+               for row in by_estimator["elbo"] + by_estimator["ais"])
+    assert all(row["trusted"] in ("0", "1") for row in rows)
+    recommended = by_estimator["recommended"]
+    assert [row["index"] for row in recommended] == [str(i) for i in range(6)]
+    assert {row["source"] for row in recommended} <= set(names) - {"elbo", "ais"}
+    assert report["verdicts"]["num_points"] == 6
+    assert report["recommended"]["estimator"] == "recommended"
+    assert "trusted" in printed and "recommended" in printed
 
     repeat = run_main("evaluate", runs[0], *args[:-4], "--out", tmp_path / "b.json",
                       "--device", "cpu")

@@ -102,7 +102,7 @@ def test_user_parts_train_resume_evaluate_and_explore_through_the_scripts(user_f
                    "df=4")
     assert "--prior-option df=4 differs from the resumed run's 3.0" in line
     report = run_main("evaluate", out, "--num-samples", "20", "--num-data", "10", "--trust-run")
-    assert [s["estimator"] for s in report["estimators"]] == ["elbo", "importance"]
+    assert [s["estimator"] for s in report["estimators"]] == ["elbo", "importance", "mixture"]
     facts = run_main("explore", out, "--out", folder / "figures", "--num-data", "100",
                      "--convergence-k", "1,10", "--ais-steps", "3", "--eval-data", "10",
                      "--num-samples", "10", "--no-progress", "--trust-run")

@@ -172,7 +172,7 @@ def test_one_table_renders_the_same_numbers_in_every_format():
     for shown in ("-96.123", "0.0123", "0.988", "26.1", "25%", "1.50"):
         assert shown in text and shown in markdown and shown in html, shown
     assert markdown.splitlines()[0] == ("| estimator | K | N | log p(x) | MC s.e. | data s.e. | "
-                                        "ESS | k-hat > 0.7 | seconds |")
+                                        "ESS | k-hat > 0.7 | trusted | seconds |")
     assert markdown.splitlines()[2].startswith("| importance | 1000 | 20 | -96.123 |")
     assert "| quadrature | - | 20 |" in markdown  # no K, no ESS: shown as - and empty
     lines = text.splitlines()

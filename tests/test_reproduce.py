@@ -116,7 +116,8 @@ def test_reproduce_fills_the_preset_scores_a_curve_and_the_final_test_set(tmp_pa
     final = json.loads((out / "test-importance.json").read_text())
     (result,) = final["estimators"]
     assert result["num_samples"] == 8 and result["num_data"] == 60
-    assert len(read_rows(out / "test-importance.csv")) == 60
+    rows = read_rows(out / "test-importance.csv")
+    assert [row["estimator"] for row in rows] == ["importance"] * 60 + ["recommended"] * 60
 
 
 def test_the_learning_curve_changes_nothing_in_the_training(tmp_path):

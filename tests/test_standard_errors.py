@@ -197,7 +197,7 @@ def test_estimators_without_a_diagnostic_say_not_checked(few_points):
                   "markdown").splitlines()[2:]
     assert rows[0] == "| ais | not checked |" and rows[1] == "| importance | not checked |"
     assert rows[2].endswith("% |") and rows[3] == "| elbo |  |" and rows[4] == "| exact |  |"
-    assert ESTIMATE_COLUMNS[-2].key == "khat_frac_above_0_7"
+    assert "khat_frac_above_0_7" in [column.key for column in ESTIMATE_COLUMNS]
     # AIS says what its error leaves out.
     assert "annealing bias" in summaries[0]["stderr_excludes"]
     assert "BDMC" in summaries[0]["stderr_excludes"]

@@ -113,6 +113,25 @@ def test_disagreement_ais_gap_and_reference():
     assert above.codes["ais"] == ["ais-gap;disagree:reference"]
 
 
+def test_an_estimate_too_few_weights_could_check_is_never_trusted_nor_recommended_as_such():
+    # AIS with 3 chains (k-hat needs 20 weights) lies highest and agrees with importance within
+    # its error: without k-hat its error cannot be believed, so it is "not checked" and the
+    # recommended value is the checked mixture's.
+    importance = result([-100.0, -100.0], [0.05, 0.05], [0.3, 0.3])
+    mixture = result([-99.98, -99.99], [0.05, 0.05], [0.3, 0.3])
+    ais = {**result([-99.9, -99.9], [0.2, 0.2], [math.nan, math.nan]), "khat_checked": False}
+    verdicts = point_verdicts({"importance": importance, "mixture": mixture, "ais": ais})
+    assert verdicts.codes["ais"] == ["not checked", "not checked"]
+    assert verdicts.trusted.tolist() == [True, True]
+    assert verdicts.recommended_estimator == ["mixture", "mixture"]
+    assert verdicts.recommended.tolist() == [-99.98, -99.99]
+    # Where k-hat does not apply (no khat_checked given, or True with NaN k-hats from equal
+    # weights), nothing is added.
+    ais["khat_checked"] = True
+    assert point_verdicts({"importance": importance, "mixture": mixture,
+                           "ais": ais}).codes["ais"] == ["", ""]
+
+
 def test_elbo_is_never_recommended_over_a_lower_bound():
     elbo = result([-60.0, -60.0], [0.01, 0.01])
     importance = result([-58.0, -58.0], [0.05, 0.05], [0.3, 1.5])

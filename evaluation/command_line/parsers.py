@@ -15,6 +15,7 @@ from evaluation.command_line.config_flags import flag
 from evaluation.command_line.flags import (add_common_flags, add_data_flags,
                                            add_evaluation_flags, add_opened_run_flags,
                                            make_parser, make_training_parser)
+from evaluation.verdicts import DEFAULT_ESTIMATORS
 from inference.local import fit_local_guide
 from models.base.registry import option_defaults
 from models.utilities.entry_points import comma_list
@@ -59,7 +60,7 @@ def train():
 def evaluate():
     parser = make_parser("Estimate log p(x) per data point for a trained run.", "evaluate.py")
     parser.add_argument("run", help="a run folder (its best.pt is used) or a checkpoint file")
-    group = add_evaluation_flags(parser, default_estimators=("elbo", "importance"))
+    group = add_evaluation_flags(parser, default_estimators=DEFAULT_ESTIMATORS)
     group.add_argument("--bdmc", type=int, default=None, metavar="N",
                        help="also run BDMC on N points simulated from the model")
     group.add_argument("--out", default=None,

@@ -1,12 +1,16 @@
 """Score a trained run: log p(x) of its chosen data points by each estimator, with standard
-errors and diagnostics, printed as a table and written as a report (a JSON file of the
-per-estimator summaries and, beside it, a CSV with one row per data point and estimator).
+errors, diagnostics and a verdict per point (:mod:`evaluation.verdicts`: can it be trusted, why
+not, and the recommended value), printed as a table and written as a report (a JSON file of the
+per-estimator summaries, ``verdicts`` (their summary, with advice) and ``recommended`` (the
+table row of the recommended values) and, beside it, a CSV with one row per data point and
+estimator, plus one per point with its recommended value).
 
 :func:`score_run` is what ``evaluate.py`` does once its flags are checked and the run is opened
 (:func:`evaluation.command_line.open_run`), and how ``reproduce.py`` gives a run its final
 score.
 """
 
+import math
 import os
 import time
 
@@ -16,7 +20,9 @@ import torch
 from evaluation.ais import bdmc as bdmc_sandwich, check_bdmc_fits
 from evaluation.estimators import ESTIMATORS, estimate, options_for
 from evaluation.gaps import gap_decomposition, summarize_gaps
-from evaluation.reporting.tables import csv_text, per_point_rows, render
+from evaluation.reporting.tables import (csv_text, per_point_rows, recommended_rows,
+                                         recommended_summary, render)
+from evaluation.verdicts import format_summary, point_verdicts, summarize_verdicts
 from inference.local import fit_local_guide
 from models.utilities.files import atomic_write_json, atomic_write_text
 
@@ -66,29 +72,35 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
         log(f"fitted the local guide on {x.shape[0]} points: {local_steps} Adam steps, mean "
             f"ELBO {history[0] if history else float('nan'):.3f} -> "
             f"{history[-1] if history else float('nan'):.3f}")
-    summaries, rows = [], []
+    results = {}
     for name in names:
         pyro.set_rng_seed(seed)  # each estimator's numbers do not depend on the others
-        result = estimate(name, model, guide, x, counts.get(name, num_samples),
-                          progress=progress and main, group=group, **options_for(name, options))
-        summaries.append(result.summary())
-        rows += per_point_rows(result, opened.labels)
-    log(render(summaries))
-    for s in summaries:
-        if s["num_flagged"]:
-            log(f"{s['estimator']}: {s['num_flagged']} of {s['num_data']} data points have "
-                "Pareto k-hat > 0.7; their estimates cannot be trusted")
+        results[name] = estimate(name, model, guide, x, counts.get(name, num_samples),
+                                 progress=progress and main, group=group,
+                                 **options_for(name, options))
     report = {"run": run, "checkpoint": opened.path, "split": split, "seed": seed,
               "num_data": int(x.shape[0]), "device": str(opened.device),
               "config": opened.config.to_dict(), "guide": guide_name,
-              "estimators": summaries, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if bdmc and main:   # simulated points: the first process alone
+        report["bdmc"] = bdmc_report(model, bdmc, counts["ais"], options, seed)
+    verdicts, summaries, rows = judge(results, opened.labels,
+                                      ais_gap=report.get("bdmc", {}).get("gap"))
+    report["estimators"] = summaries
+    report["verdicts"] = summarize_verdicts(verdicts)
+    report["recommended"] = recommended_summary(verdicts, report["verdicts"])
+    log(render(summaries + [report["recommended"]]))
+    for s in summaries:
+        if s.get("num_flagged"):
+            log(f"{s['estimator']}: {s['num_flagged']} of {s['num_data']} data points have "
+                "Pareto k-hat > 0.7; their estimates cannot be trusted")
+    log(format_summary(report["verdicts"]))
     if local_steps is not None:
         pyro.set_rng_seed(seed)
         gaps = summarize_gaps(gap_decomposition(model, opened.guide, guide, x, num_samples))
         report["gaps"] = dict(gaps, local_steps=local_steps, num_samples=num_samples)
         log(format_gaps(gaps, num_samples))
-    if bdmc and main:   # simulated points: the first process alone
-        report["bdmc"] = bdmc_report(model, bdmc, counts["ais"], options, seed)
+    if "bdmc" in report:
         log(f"BDMC on {bdmc} points simulated from the model: forward AIS "
             f"{report['bdmc']['lower']:.3f} <= log p(x) <= reverse AIS "
             f"{report['bdmc']['upper']:.3f} (gap {report['bdmc']['gap']:.3f} nats)")
@@ -98,6 +110,24 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
         atomic_write_text(table, csv_text(rows))
         log(f"wrote {out} and {table}")
     return report
+
+
+def judge(results, labels, ais_gap=None):
+    """The verdicts on the estimates ``results`` ({estimator: Estimate}, the same points), the
+    estimators' summaries with the share of points each can be trusted on (``trusted_frac``,
+    ``num_trusted``), and the per-point CSV rows with their verdicts followed by one row per
+    point with its recommended value; ``ais_gap``: the measured BDMC gap of the AIS setting."""
+    verdicts = point_verdicts(results, ais_gap=ais_gap)
+    summaries, rows = [], []
+    for name, result in results.items():
+        codes = verdicts.codes[name]
+        summary = result.summary()
+        summary["num_trusted"] = sum(not code for code in codes)
+        summary["trusted_frac"] = summary["num_trusted"] / len(codes) if codes else math.nan
+        summaries.append(summary)
+        rows += per_point_rows(result, labels, codes)
+    rows += recommended_rows(verdicts, labels)
+    return verdicts, summaries, rows
 
 
 def bdmc_report(model, num_data, chains, options, seed):

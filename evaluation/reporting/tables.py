@@ -13,8 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+#: the per-point CSV; ``trusted`` (1 or 0) and ``reasons`` are the verdict on that estimator's
+#: estimate at that point (:mod:`evaluation.verdicts`), ``source`` the estimator a
+#: ``recommended`` row's value comes from. Files written before these columns read the same.
 CSV_FIELDS = ("estimator", "index", "label", "estimate", "stderr", "ess", "khat", "max_weight",
-              "stderr_delta")
+              "stderr_delta", "trusted", "reasons", "source")
 
 
 def _missing(value):
@@ -77,6 +80,7 @@ ESTIMATE_COLUMNS = (
     Column("log_px_data_stderr", "data s.e.", fixed(3)),
     Column("ess_mean", "ESS", fixed(1)),
     Column("khat_frac_above_0_7", "k-hat > 0.7", percent, note=khat_note),
+    Column("trusted_frac", "trusted", percent),
     Column("seconds", "seconds", fixed(2)),
 )
 RUN_COLUMN = Column("run", "run", str, text=True)
@@ -141,8 +145,10 @@ def settings_rows(mapping, prefix=""):
     return rows
 
 
-def per_point_rows(result, labels):
-    """One CSV row per data point of an :class:`evaluation.estimators.Estimate`."""
+def per_point_rows(result, labels, codes=None):
+    """One CSV row per data point of an :class:`evaluation.estimators.Estimate`; with ``codes``
+    (the verdict's failed checks per point, '' where it passed), whether it is trusted and why
+    not."""
     rows = []
     for index in range(result.estimate.numel()):
         rows.append({
@@ -151,7 +157,40 @@ def per_point_rows(result, labels):
             "ess": result.ess[index].item(), "khat": result.khat[index].item(),
             "max_weight": result.max_weight[index].item(),
             "stderr_delta": result.stderr_delta[index].item()})
+        if codes is not None:
+            rows[-1].update(trusted=int(not codes[index]), reasons=codes[index])
     return rows
+
+
+def recommended_rows(verdicts, labels):
+    """One CSV row per data point with its recommended value (:class:`evaluation.verdicts.
+    Verdicts`): the estimate and standard error of the estimator named in ``source``, whether
+    it passed its checks, and, where not, its failed checks."""
+    rows = []
+    for index, source in enumerate(verdicts.recommended_estimator):
+        trusted = bool(verdicts.recommended_trusted[index])
+        reasons = "" if trusted or not source else verdicts.codes[source][index]
+        rows.append({"estimator": "recommended", "index": index, "label": int(labels[index]),
+                     "estimate": verdicts.recommended[index].item(),
+                     "stderr": verdicts.recommended_stderr[index].item(),
+                     "trusted": int(trusted), "reasons": reasons, "source": source})
+    return rows
+
+
+def recommended_summary(verdicts, summary):
+    """The table row of the recommended values: their mean over all points with its Monte Carlo
+    error (``summary``: :func:`evaluation.verdicts.summarize_verdicts`), the spread over the
+    data, and the share that passed their checks."""
+    values = verdicts.recommended
+    num_data = values.numel()
+    return {"estimator": "recommended", "num_samples": None, "num_data": num_data,
+            "log_px_mean": summary["recommended_mean"],
+            "log_px_stderr": summary["recommended_stderr"],
+            "log_px_data_stderr": values.std().item() / math.sqrt(num_data) if num_data > 1
+            else math.nan,
+            "trusted_frac": summary["num_recommended_trusted"] / num_data if num_data
+            else math.nan,
+            "recommended_by": summary["recommended_by"]}
 
 
 def csv_text(rows, fields=CSV_FIELDS):
