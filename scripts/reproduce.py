@@ -12,7 +12,9 @@ section 5 and Table 1 (MNIST, one stochastic layer):
 - ``burda-vae`` trains with the ELBO (k = 1), ``burda-iwae5`` and ``burda-iwae50`` with the
   importance-weighted bound at k = 5 and 50;
 - scored by importance sampling with the guide as proposal, K = 5000, on all 10,000 test
-  images.
+  images (and, beside it, the defensive mixture at the same K, which checks each image's
+  estimate for a mode the guide misses: the verdicts and recommended values of
+  :mod:`evaluation.verdicts`).
 
 A ``-short`` preset (``burda-vae-short``, ...) is the same protocol with the schedule laid over
 400 epochs in proportion (the stages keep their 1 : 3 : 9 ... lengths; those shorter than an
@@ -194,13 +196,15 @@ def reproduce(args, group=None):
 
 def score(args, final, group=None):
     """The final score of the run in ``--out``: importance sampling with K ``--eval-samples``
-    on the first ``--eval-data`` test images, written to ``final`` (and the per-image CSV)."""
+    on the first ``--eval-data`` test images, beside the defensive mixture at the same K that
+    checks it for missed modes (:mod:`evaluation.verdicts`), written to ``final`` (and the
+    per-image CSV, with the verdicts and the recommended values)."""
     if group is None or group.is_main:
         refuse_to_overwrite([final, csv_path(final)], args.overwrite)
     opened = cli.open_run(args, path=args.out, group=group)
     opened.x, opened.labels = opened.dataset.select("test", args.eval_data)
-    return score_run(opened, ["importance"], args.eval_samples, run=args.out, split="test",
-                     seed=args.seed if args.seed is not None else 0, out=final,
+    return score_run(opened, ["importance", "mixture"], args.eval_samples, run=args.out,
+                     split="test", seed=args.seed if args.seed is not None else 0, out=final,
                      progress=not args.no_progress, group=group)
 
 

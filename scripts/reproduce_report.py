@@ -18,7 +18,7 @@ import os
 
 from evaluation.command_line import parsers
 from evaluation.reporting import plots
-from evaluation.reporting.tables import Column, fixed, render
+from evaluation.reporting.tables import Column, fixed, percent, render
 from models.utilities.entry_points import entry_point
 from models.base.config import ConfigError
 from models.utilities.files import atomic_write_text, refuse_to_overwrite
@@ -41,6 +41,8 @@ COLUMNS = (Column("label", "run", str, text=True), Column("prior", "prior", str,
            Column("data_stderr", "s.e. (images)", fixed(2)),
            Column("mc_stderr", "MC s.e.", fixed(3)),
            Column("num_data", "test images", str), Column("num_samples", "K", str),
+           Column("trusted", "trusted", percent),
+           Column("recommended", "recommended log p(x)", fixed(2)),
            Column("published", "published", fixed(2)),
            Column("published_setting", "published setting", str, text=True))
 PAIRED_COLUMNS = (Column("label", "run", str, text=True),
@@ -73,11 +75,13 @@ def read_run(path, label):
     nan = math.nan
     score = {"log_px_mean": nan, "log_px_data_stderr": nan, "log_px_stderr": nan,
              "num_data": "", "num_samples": ""}
-    per_point = {}
+    per_point, verdicts = {}, {}
     if os.path.exists(os.path.join(path, "test-importance.json")):
         with open(need("test-importance.json")) as handle:
             final = json.load(handle)
         (score,) = [item for item in final["estimators"] if item["estimator"] == "importance"]
+        # Scores made before the verdicts have none: their cells stay blank.
+        verdicts = final.get("verdicts") or {}
         per_point = {int(row["index"]): float(row["estimate"])
                      for row in read_csv(need("test-importance.csv"))
                      if row["estimator"] == "importance"}
@@ -93,7 +97,9 @@ def read_run(path, label):
         "hours": sum(float(row["seconds"]) for row in metrics) / 3600,
         "log_px": score["log_px_mean"], "data_stderr": score["log_px_data_stderr"],
         "mc_stderr": score["log_px_stderr"], "num_data": score["num_data"],
-        "num_samples": score["num_samples"], "published": value,
+        "num_samples": score["num_samples"],
+        "trusted": verdicts["num_trusted"] / verdicts["num_points"] if verdicts else nan,
+        "recommended": verdicts.get("recommended_mean", nan), "published": value,
         "published_setting": f"{setting} ({source})" if source else "",
         "curve": {"label": label, "epochs": [int(row["epoch"]) for row in curve],
                   "log_px": [float(row["log_px_mean"]) for row in curve],

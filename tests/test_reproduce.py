@@ -114,10 +114,13 @@ def test_reproduce_fills_the_preset_scores_a_curve_and_the_final_test_set(tmp_pa
     assert [int(row["epoch"]) for row in curve] == [1, 2, 3]
     assert all(int(row["num_data"]) == 40 and int(row["num_samples"]) == 8 for row in curve)
     final = json.loads((out / "test-importance.json").read_text())
-    (result,) = final["estimators"]
+    result, mixture = final["estimators"]
+    assert result["estimator"] == "importance" and mixture["estimator"] == "mixture"
+    assert final["verdicts"]["num_points"] == 60
     assert result["num_samples"] == 8 and result["num_data"] == 60
     rows = read_rows(out / "test-importance.csv")
-    assert [row["estimator"] for row in rows] == ["importance"] * 60 + ["recommended"] * 60
+    assert [row["estimator"] for row in rows] == \
+        ["importance"] * 60 + ["mixture"] * 60 + ["recommended"] * 60
 
 
 def test_the_learning_curve_changes_nothing_in_the_training(tmp_path):
@@ -207,10 +210,18 @@ def test_the_report_puts_runs_beside_the_published_numbers(tmp_path, capsys):
     text = table.read_text()
     assert "-86.76" in text and "-85.54" in text and "IWAE, k = 5" in text
     assert [row["epochs"] for row in rows] == ["2 of 2", "2 of 2"]
+    # Beside each score: the share of images it can be trusted on and the recommended mean.
+    assert "| trusted | recommended log p(x) |" in text
+    for row, path in zip(rows, runs.values()):
+        verdicts = json.loads((path / "test-importance.json").read_text())["verdicts"]
+        assert row["trusted"] == verdicts["num_trusted"] / 60
+        assert row["recommended"] == verdicts["recommended_mean"]
+        assert f"{row['recommended']:.2f}" in text
     assert figure.stat().st_size > 10000
     # The paired difference is the mean of the per-image differences of the two CSVs.
     scores = [{int(row["index"]): float(row["estimate"])
-               for row in read_rows(path / "test-importance.csv")} for path in runs.values()]
+               for row in read_rows(path / "test-importance.csv")
+               if row["estimator"] == "importance"} for path in runs.values()]
     differences = torch.tensor([scores[1][i] - scores[0][i] for i in scores[0]],
                                dtype=torch.float64)
     (pair,) = paired
