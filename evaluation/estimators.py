@@ -282,10 +282,12 @@ class EstimatorRegistry(Registry):
     custom_form = "module:function"
 
     def __init__(self, entries, deterministic=(), chunking=None, own_samples=None,
-                 option_help=None, option_choices=None):
+                 option_help=None, option_choices=None, kinds=None):
         super().__init__("estimator", entries, allow_custom=True,
                          context=("model", "guide", "x", "num_samples", "progress"))
         self.deterministic = set(deterministic)
+        #: {name: kind}, what the verdicts judge each estimator as (:mod:`evaluation.verdicts`)
+        self.kinds = dict(kinds or {})
         self.chunking = dict(chunking or {})
         self.own_samples = dict(own_samples or {})
         #: {option: what it means} and {option: the values it may take}, for the scripts' flags
@@ -300,10 +302,17 @@ class EstimatorRegistry(Registry):
         return member
 
     def register(self, name, function, deterministic=False, chunking=None, own_samples=None,
-                 option_help=None, option_choices=None):
+                 option_help=None, option_choices=None, kind=None):
         """Add an estimator of your own under ``name``; ``chunking`` as in the class doc;
         ``own_samples`` an :class:`OwnSamples` where its K is a setting of its own;
-        ``option_help`` and ``option_choices`` what its options mean and may be."""
+        ``option_help`` and ``option_choices`` what its options mean and may be; ``kind`` what
+        the verdicts judge it as (:data:`KINDS`; default ``sampling``, a stochastic lower
+        bound checked by its k-hat and against the other estimates)."""
+        if kind is not None:
+            if kind not in KINDS:
+                raise ConfigError(f"unknown kind {kind!r} of the estimator {name!r}; valid: "
+                                  f"{', '.join(KINDS)}")
+            self.kinds[name] = kind
         self.option_help.update(option_help or {})
         self.option_choices.update(option_choices or {})
         self._entries[name] = function
@@ -314,6 +323,10 @@ class EstimatorRegistry(Registry):
         if own_samples is not None:
             self.own_samples[name] = own_samples
 
+    def kind_of(self, name):
+        """The kind of estimator ``name``: the one it declared, else ``sampling``."""
+        return self.kinds.get(name, "sampling")
+
     def own_samples_of(self, name):
         """The :class:`OwnSamples` of estimator ``name``, or None where K is ``--num-samples``."""
         return self.own_samples.get(name)
@@ -321,6 +334,13 @@ class EstimatorRegistry(Registry):
     def uses_samples(self, name):
         return name not in self.deterministic
 
+
+#: the kinds of estimator the verdicts know (:mod:`evaluation.verdicts`): ``guide``, importance
+#: sampling from q(z | x); ``defensive``, a proposal mixing q with something wider; ``prior``,
+#: the prior as proposal; ``annealed``, AIS; ``sampling``, another stochastic lower bound of
+#: log p(x); ``bound``, a deterministic bound such as the ELBO, never trusted as log p(x);
+#: ``reference``, an exact or numerically exact value
+KINDS = ("guide", "defensive", "prior", "annealed", "sampling", "bound", "reference")
 
 #: what each option of the estimators means, for the flags the scripts make of them
 OPTION_HELP = {
@@ -351,7 +371,9 @@ ESTIMATORS = EstimatorRegistry({
     "mixture": _by_samples, "ais": _by_samples, "exact": _by_point,
     "quadrature": _by_quadrature_grid}, own_samples={
     "ais": OwnSamples("ais_chains", 16, "chains", "AIS chains per data point: the K of ais")},
-    option_help=OPTION_HELP, option_choices=OPTION_CHOICES)
+    option_help=OPTION_HELP, option_choices=OPTION_CHOICES, kinds={
+    "elbo": "bound", "importance": "guide", "mixture": "defensive", "prior": "prior",
+    "ais": "annealed", "exact": "reference", "quadrature": "reference"})
 
 
 def validate_data(model, x):

@@ -50,8 +50,9 @@ The checks, each a short code in a point's reasons:
 ``not finite``
     The estimate is NaN or infinite.
 
-The kinds of estimator (``KINDS``; a name such as ``mixture0.8`` takes the kind of its leading
-letters, and ``kinds=`` overrides):
+The kinds of estimator, as each declares its own (``ESTIMATORS.kinds``; ``register(...,
+kind=)`` for one of yours; a name such as ``mixture0.8`` takes the kind of its leading letters,
+and ``kinds=`` overrides):
 
 - ``guide``: importance sampling from q(z | x): checked by k-hat and by a defensive estimate;
 - ``defensive``: a mixture proposal containing q and a wider component (``mixture``);
@@ -94,18 +95,10 @@ from dataclasses import dataclass, field
 import torch
 
 from evaluation.diagnostics import KHAT_THRESHOLD
+from evaluation.estimators import ESTIMATORS, KINDS
 
-#: the kind of each of the project's estimators (see the module's docstring)
-KINDS = {
-    "elbo": "bound",
-    "importance": "guide",
-    "mixture": "defensive",
-    "prior": "prior",
-    "ais": "annealed",
-    "exact": "reference",
-    "quadrature": "reference",
-}
-KIND_NAMES = ("guide", "defensive", "prior", "annealed", "sampling", "bound", "reference")
+#: the kinds of estimator, as the estimators declare them (``ESTIMATORS.kinds``)
+KIND_NAMES = KINDS
 #: kinds whose estimates are stochastic lower bounds of log p(x) (in expectation)
 LOWER_BOUNDS = ("guide", "defensive", "prior", "annealed", "sampling")
 #: kinds whose proposal does not rely on q(z | x) covering the posterior
@@ -156,15 +149,15 @@ class Verdicts:
 
 
 def kind_of(name, kinds=None):
-    """The kind of estimator ``name``: ``kinds[name]`` if given, else that of :data:`KINDS`
-    under the name or its leading letters (``mixture0.8`` -> ``mixture``), else ``sampling``."""
+    """The kind of estimator ``name``: ``kinds[name]`` if given, else the one it declared in
+    :data:`evaluation.estimators.ESTIMATORS` under the name or its leading letters
+    (``mixture0.8`` -> ``mixture``), else ``sampling``."""
     if kinds and name in kinds:
         kind = kinds[name]
-    elif name in KINDS:
-        kind = KINDS[name]
+    elif name in ESTIMATORS.kinds:
+        kind = ESTIMATORS.kinds[name]
     else:
-        stem = re.match(r"[A-Za-z]*", name).group(0).lower()
-        kind = KINDS.get(stem, "sampling")
+        kind = ESTIMATORS.kind_of(re.match(r"[A-Za-z]*", name).group(0).lower())
     if kind not in KIND_NAMES:
         raise ValueError(f"unknown kind {kind!r} of estimator {name!r}; valid: "
                          f"{', '.join(KIND_NAMES)}")
@@ -275,7 +268,7 @@ def point_verdicts(results, *, reference=None, reference_stderr=None, ais_gap=No
     :param ais_gap: the measured gap of the AIS setting in nats: a number, or one per point.
     :param primary: the estimator whose verdict is the point's (default ``importance`` if
         given, else the first lower bound, else the first result).
-    :param kinds: {estimator name: kind} overriding :data:`KINDS`.
+    :param kinds: {estimator name: kind} overriding what the estimators declare.
     :param khat_threshold: k-hat above this fails (0.7, Vehtari et al. 2024).
     :param sigmas, tolerance: a disagreement is a gap beyond ``sigmas`` combined standard
         errors and beyond ``tolerance`` nats.

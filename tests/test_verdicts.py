@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from conftest import small_config
-from evaluation.estimators import Estimate, estimate
-from evaluation.verdicts import (KINDS, MODE_GAP, NOT_CHECKED, Verdicts, disagrees, format_summary,
+from evaluation.estimators import ESTIMATORS, Estimate, estimate
+from evaluation.verdicts import (MODE_GAP, NOT_CHECKED, Verdicts, disagrees, format_summary,
                                  kind_of, missed_mode, point_verdicts, summarize_verdicts)
+from models.base.config import ConfigError
 from inference.guides import ExactPosteriorGuide, Guide
 from models import build_model
 from models.likelihoods import GaussianLikelihood
@@ -132,6 +133,19 @@ def test_an_estimate_too_few_weights_could_check_is_never_trusted_nor_recommende
                            "ais": ais}).codes["ais"] == ["", ""]
 
 
+def test_an_estimator_of_your_own_declares_its_kind(monkeypatch):
+    monkeypatch.setattr(ESTIMATORS, "kinds", dict(ESTIMATORS.kinds))
+    monkeypatch.setattr(ESTIMATORS, "_entries", dict(ESTIMATORS._entries))
+    ESTIMATORS.register("wide", lambda model, guide, x, num_samples: None, kind="defensive")
+    assert kind_of("wide") == "defensive"
+    importance = result([-100.0], [0.05], [0.3])
+    wide = result([-99.5], [0.05], [0.3])
+    verdicts = point_verdicts({"importance": importance, "wide": wide})
+    assert verdicts.reasons == ["missed-mode"] and verdicts.recommended_estimator == ["wide"]
+    with pytest.raises(ConfigError, match="unknown kind 'nonsense' of the estimator 'odd'"):
+        ESTIMATORS.register("odd", lambda model, guide, x, num_samples: None, kind="nonsense")
+
+
 def test_elbo_is_never_recommended_over_a_lower_bound():
     elbo = result([-60.0, -60.0], [0.01, 0.01])
     importance = result([-58.0, -58.0], [0.05, 0.05], [0.3, 1.5])
@@ -193,7 +207,7 @@ def test_inputs_kinds_and_errors():
     assert kind_of("mixture0.8") == "defensive" and kind_of("importance") == "guide"
     assert kind_of("my_estimator") == "sampling"
     assert kind_of("wide", {"wide": "defensive"}) == "defensive"
-    assert set(KINDS) == {"elbo", "importance", "prior", "mixture", "ais", "exact", "quadrature"}
+    assert set(ESTIMATORS.kinds) == set(ESTIMATORS)   # every estimator declares its kind
     with pytest.raises(ValueError, match="unknown kind"):
         kind_of("x", {"x": "nonsense"})
     nan = torch.full((2,), math.nan, dtype=torch.float64)
