@@ -160,16 +160,20 @@ def test_elbo_is_never_recommended_over_a_lower_bound():
     assert not alone.recommended_trusted.any()
 
 
-def test_fallback_prefers_the_defensive_estimate_and_references_first():
-    importance = result([-30.0], [0.2], [1.2])
-    mixture = result([-30.3], [0.2], [0.9])
-    prior = result([-29.0], [0.5], [1.8])
+def test_fallback_takes_the_highest_sampling_estimate_and_references_first():
+    importance = result([-30.0, -30.6], [0.2, 0.2], [1.2, 1.2])
+    mixture = result([-30.3, -30.3], [0.2, 0.2], [0.9, 0.9])
+    prior = result([-29.0, -29.0], [0.5, 0.5], [1.8, 1.8])
     verdicts = point_verdicts({"importance": importance, "mixture": mixture, "prior": prior})
-    assert not verdicts.recommended_trusted[0]
-    assert verdicts.recommended_estimator == ["mixture"]    # not the highest: the prior
+    assert not verdicts.recommended_trusted.any()
+    # The higher of importance and mixture, never the prior's overshooting estimate.
+    assert verdicts.recommended_estimator == ["importance", "mixture"]
+    assert verdicts.recommended.tolist() == [-30.0, -30.3]
+    assert point_verdicts({"prior": prior, "elbo": result([-31.0, -31.0], [0.1, 0.1])}
+                          ).recommended_estimator == ["prior", "prior"]
     with_quadrature = point_verdicts({"importance": importance, "mixture": mixture,
-                                      "quadrature": result([-29.9], [1e-4])})
-    assert with_quadrature.recommended_estimator == ["quadrature"]
+                                      "quadrature": result([-29.9, -29.9], [1e-4, 1e-4])})
+    assert with_quadrature.recommended_estimator == ["quadrature", "quadrature"]
     assert with_quadrature.recommended_trusted.all()
 
 
