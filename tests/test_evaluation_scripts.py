@@ -82,14 +82,84 @@ def test_compare_writes_tables_plots_and_paired_differences(runs, tmp_path):
     with open(out / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * (3 + 3 + 1 + 1)
+    assert all(0 <= float(row["trusted_frac"]) <= 1 for row in rows)
     with open(out / "paired.csv") as f:
         paired = list(csv.DictReader(f))
     assert {row["estimator"] for row in paired} == {"importance", "prior", "ais", "quadrature"}
     for row in paired:
         assert float(row["paired_stderr"]) >= 0
+        assert row["holds"] in ("yes", "no")
+    # quadrature, the reference, is trusted everywhere; ais with 2 chains nowhere (no k-hat).
+    by_name = {row["estimator"]: row for row in paired}
+    assert by_name["quadrature"]["num_trusted"] == "5"
+    assert by_name["ais"]["holds_reason"] == "no trusted points"
     markdown = (out / "comparison.md").read_text()
     assert "Paired per-data-point differences" in markdown
     assert "| run | estimator | K | N | log p(x) |" in markdown
+    assert "| recommended | 100 | 5 |" in markdown and "| trusted N |" in markdown
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_compare_judges_each_run_and_says_whether_its_paired_differences_hold(runs, tmp_path):
+    """compare.py's defaults (elbo, importance and the mixture that checks it): each estimator's
+    share of trusted points at each K, a recommended row per run and K, the per-point verdicts,
+    and paired differences over the trusted points and of the recommended values, as
+    recomputed here from points.csv."""
+    out = tmp_path / "cmp"
+    table, paired_rows = run_main("compare", runs[0], runs[1], "--num-samples", "5,40",
+                                  "--num-data", "12", "--out", out, "--device", "cpu",
+                                  "--no-progress")
+    rows = read_rows(out / "comparison.csv")
+    assert [(row["run"], row["estimator"], row["num_samples"]) for row in rows] == [
+        (run, name, k) for run in ("seed0", "seed1") for name in ("elbo", "importance", "mixture")
+        for k in ("5", "40")]
+    assert list(rows[0])[-2:] == ["num_trusted", "trusted_frac"]
+    for row in rows:
+        assert float(row["trusted_frac"]) == int(row["num_trusted"]) / 12
+        if row["estimator"] == "elbo":   # a bound that nothing checks
+            assert row["num_trusted"] == "0"
+    recommended = read_rows(out / "recommended.csv")
+    assert [(row["run"], row["estimator"], row["num_samples"]) for row in recommended] == [
+        (run, "recommended", k) for run in ("seed0", "seed1") for k in ("5", "40")]
+    assert [row["estimator"] for row in table].count("recommended") == 4
+    points = read_rows(out / "points.csv")
+    assert len(points) == 2 * (3 * 12 + 12)
+    assert {row["num_samples"] for row in points} == {"40"}
+    assert {row["trusted"] for row in points} <= {"0", "1"}
+
+    paired = read_rows(out / "paired.csv")
+    assert list(paired[0])[:8] == ["run", "baseline", "estimator", "num_samples", "num_data",
+                                   "mean_difference", "paired_stderr", "unpaired_stderr"]
+    assert [row["estimator"] for row in paired] == ["elbo", "importance", "mixture"]
+    assert paired == [{key: str(value) for key, value in row.items()} for row in paired_rows]
+
+    def at(run, estimator):
+        return {int(row["index"]): row for row in points
+                if row["run"] == run and row["estimator"] == estimator}
+
+    base_recommended, run_recommended = at("seed0", "recommended"), at("seed1", "recommended")
+    recommended_difference = torch.tensor(
+        [float(run_recommended[i]["estimate"]) - float(base_recommended[i]["estimate"])
+         for i in range(12)], dtype=torch.float64)
+    for row in paired:
+        base, other = at("seed0", row["estimator"]), at("seed1", row["estimator"])
+        both = [i for i in range(12) if base[i]["trusted"] == other[i]["trusted"] == "1"]
+        assert int(row["num_trusted"]) == len(both)
+        if both:
+            assert float(row["trusted_difference"]) == pytest.approx(sum(
+                float(other[i]["estimate"]) - float(base[i]["estimate"]) for i in both)
+                / len(both))
+        assert float(row["recommended_difference"]) == \
+            pytest.approx(recommended_difference.mean().item())
+        assert float(row["recommended_stderr"]) == \
+            pytest.approx(recommended_difference.std().item() / 12 ** 0.5)
+        assert (row["holds"] == "yes") == (row["holds_reason"] == "")
+    assert paired[0]["holds_reason"] == "no trusted points"   # the ELBO
+    assert "holds" in (out / "report.html").read_text()
 
 
 def test_evaluation_scripts_refuse_bad_input_with_one_line(runs, tmp_path, capsys):
@@ -101,7 +171,8 @@ def test_evaluation_scripts_refuse_bad_input_with_one_line(runs, tmp_path, capsy
     assert "--num-samples must be at least 1, got 0" in line
     line = refused(capsys, "evaluate", runs[0], "--ais-steps", "10", "--num-data", "2")
     assert "--ais-steps applies to ais, which is not among the chosen estimators" in line
-    line = refused(capsys, "compare", runs[0], "--mixture-weight", "0.3", "--num-data", "2")
+    line = refused(capsys, "compare", runs[0], "--estimator", "importance", "--mixture-weight",
+                   "0.3", "--num-data", "2")
     assert "--mixture-weight applies to mixture" in line
     big = tmp_path / "z4"
     run_main("train", *SMALL, "--out", big)

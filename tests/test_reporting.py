@@ -14,9 +14,9 @@ import torch
 
 from conftest import refused, run_main, small_args, small_config
 from evaluation import story
-from evaluation.estimators import convergence_curves, estimate
+from evaluation.estimators import Estimate, convergence_curves, estimate
 from evaluation.log_density import LatentLogDensity
-from evaluation.reporting import figures
+from evaluation.reporting import comparison, figures
 from evaluation.reporting.html import figure_html, page, settings_html
 from evaluation.reporting.tables import (ESTIMATE_COLUMNS, PAIRED_COLUMNS, columns, render,
                                          settings_rows)
@@ -179,10 +179,19 @@ def test_one_table_renders_the_same_numbers_in_every_format():
     assert len({len(line) for line in lines[:2]}) == 1 and lines[1] == "-" * len(lines[0])
     subset = render([SUMMARY], columns("estimator", "log_px_mean"), "markdown")
     assert subset.splitlines()[0] == "| estimator | log p(x) |"
-    assert render([{"run": "a", "baseline": "b", "estimator": "elbo", "num_samples": 5,
-                    "mean_difference": 1.23456, "paired_stderr": 0.1, "unpaired_stderr": 0.9}],
+    old = {"run": "a", "baseline": "b", "estimator": "elbo", "num_samples": 5,
+           "mean_difference": 1.23456, "paired_stderr": 0.1, "unpaired_stderr": 0.9}
+    # A row without the verdicts' columns (as written before them) shows them blank.
+    assert render([old], PAIRED_COLUMNS, "markdown").splitlines()[2] == \
+        "| a | b | elbo | 5 | 1.235 | 0.100 | 0.900 |  |  |  |  |  |  |"
+    verdict = {"num_trusted": 12, "trusted_difference": 1.5, "trusted_stderr": 0.25,
+               "recommended_difference": 1.25, "recommended_stderr": 0.125}
+    assert render([dict(old, **verdict, holds="no", holds_reason="sizes disagree")],
                   PAIRED_COLUMNS, "markdown").splitlines()[2] == \
-        "| a | b | elbo | 5 | 1.235 | 0.100 | 0.900 |"
+        ("| a | b | elbo | 5 | 1.235 | 0.100 | 0.900 | 12 | 1.500 | 0.250 | 1.250 | 0.125 | "
+         "no: sizes disagree |")
+    assert render([dict(old, **verdict, holds="yes", holds_reason="")], PAIRED_COLUMNS,
+                  "markdown").splitlines()[2].endswith("| 0.125 | yes |")
     with pytest.raises(ValueError, match="unknown table style 'latex'"):
         render(rows, ESTIMATE_COLUMNS, "latex")
 
@@ -244,6 +253,100 @@ def test_report_page_is_valid_html_with_embedded_images(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# compare.py's paired differences and whether they survive the verdicts
+
+#: per-point noise of mean 0 over every two neighbouring points (sd 0.3)
+NOISE = torch.tensor([-0.3, 0.3] * 20, dtype=torch.float64)
+FIRST_30 = torch.arange(40) < 30
+
+
+def test_a_paired_difference_holds_when_trusted_points_and_recommended_values_agree():
+    verdict = comparison.paired_verdict(1.0 + NOISE, 1.0 + NOISE.flip(0), FIRST_30)
+    assert verdict["holds"] == "yes" and verdict["holds_reason"] == ""
+    assert verdict["num_trusted"] == 30
+    assert verdict["trusted_difference"] == pytest.approx(1.0)
+    assert verdict["trusted_stderr"] == pytest.approx(NOISE[:30].std().item() / math.sqrt(30))
+    assert verdict["recommended_difference"] == pytest.approx(1.0)
+    assert verdict["recommended_stderr"] == pytest.approx(NOISE.std().item() / math.sqrt(40))
+
+
+def test_a_paired_difference_whose_sign_flips_on_trusted_points_does_not_hold():
+    # Better by 2 nats where the estimates cannot be trusted, worse by 0.5 where they can.
+    difference = torch.where(torch.arange(40) < 20, -0.5, 2.0) + NOISE
+    verdict = comparison.paired_verdict(difference, difference, torch.arange(40) < 20)
+    assert difference.mean() > 0 and verdict["trusted_difference"] == pytest.approx(-0.5)
+    assert verdict["holds"] == "no"
+    assert verdict["holds_reason"] == "sign flips on trusted points"
+
+
+def test_a_paired_difference_without_trusted_points_does_not_hold():
+    verdict = comparison.paired_verdict(1.0 + NOISE, 1.0 + NOISE, torch.zeros(40, dtype=bool))
+    assert (verdict["holds"], verdict["holds_reason"]) == ("no", "no trusted points")
+    assert verdict["num_trusted"] == 0 and math.isnan(verdict["trusted_difference"])
+    assert verdict["recommended_difference"] == pytest.approx(1.0)
+    verdict = comparison.paired_verdict(1.0 + NOISE, 1.0 + NOISE, torch.arange(40) < 4)
+    assert verdict["holds_reason"] == "too few trusted points (4)"
+
+
+@pytest.mark.parametrize("difference, recommended, reason", [
+    (0.01 + NOISE, 0.01 + NOISE, "not significant on trusted points and with recommended values"),
+    (1.0 + NOISE, -2.0 + NOISE, "sign flips with recommended values"),
+    (1.0 + NOISE, 3.0 + NOISE, "sizes disagree"),
+    (1.0 + NOISE, torch.where(FIRST_30, 1.0, math.nan), "recommended values not finite"),
+])
+def test_a_paired_difference_says_why_it_does_not_hold(difference, recommended, reason):
+    verdict = comparison.paired_verdict(difference, recommended, FIRST_30)
+    assert (verdict["holds"], verdict["holds_reason"]) == ("no", reason)
+
+
+def synthetic_estimate(name, values, num_samples, stderr=0.01):
+    values = torch.as_tensor(values, dtype=torch.float64)
+    ones = torch.ones_like(values)
+    return Estimate(name, values, stderr * ones, ones, 0.1 * ones, ones, num_samples,
+                    khat_applies=name != "quadrature")
+
+
+def test_compare_results_judges_each_k_with_the_estimators_scored_once():
+    """Importance on the grid K = 10, 100, quadrature scored once (K = 0): quadrature joins the
+    verdicts of every K; importance is 1 nat low at K = 10 (it disagrees with quadrature) and
+    right at K = 100. The second run is the first plus about 1 nat per point."""
+    truth = torch.linspace(-100.0, -90.0, 12, dtype=torch.float64)
+    shift = 1.0 + torch.linspace(-0.1, 0.1, 12, dtype=torch.float64)
+    all_results = {}
+    for label, offset in (("a", 0.0), ("b", shift)):
+        exact = truth + offset
+        all_results[label] = {
+            ("importance", 10): synthetic_estimate("importance", exact - 1.0, 10),
+            ("importance", 100): synthetic_estimate("importance", exact - 0.001, 100),
+            ("quadrature", 0): synthetic_estimate("quadrature", exact, 0, stderr=0.0)}
+    result = comparison.compare_results(all_results, {"a": list(range(12)),
+                                                      "b": list(range(12))})
+    assert list(result.verdicts["a"]) == [10, 100]
+    trusted = {(row["run"], row["estimator"], row["num_samples"]): row["trusted_frac"]
+               for row in result.rows}
+    assert trusted == {(run, name, k): frac for run in "ab" for name, k, frac in (
+        ("importance", 10, 0.0), ("importance", 100, 1.0), ("quadrature", 0, 1.0))}
+    recommended = [(row["run"], row["num_samples"], row["trusted_frac"])
+                   for row in result.recommended]
+    assert recommended == [("a", 10, 1.0), ("a", 100, 1.0), ("b", 10, 1.0), ("b", 100, 1.0)]
+    assert all(row["log_px_mean"] == pytest.approx(truth.mean().item() + (row["run"] == "b"))
+               for row in result.recommended)
+    assert [row["estimator"] for row in result.table_rows()] == \
+        ["importance", "importance", "quadrature", "recommended", "recommended"] * 2
+    # Per point at the largest K: each estimator and the recommended value, in each run.
+    assert len(result.points) == 2 * (2 * 12 + 12)
+    assert {row["reasons"] for row in result.points if row["num_samples"] == 100} == {""}
+    paired = {row["estimator"]: row for row in result.paired_rows}
+    assert list(paired) == ["importance", "quadrature"]
+    for row in paired.values():
+        assert row["num_trusted"] == 12 and (row["holds"], row["holds_reason"]) == ("yes", "")
+        assert row["trusted_difference"] == pytest.approx(1.0)
+        assert row["recommended_difference"] == pytest.approx(1.0)
+    assert paired["importance"]["num_samples"] == 100
+    assert list(result.paired_rows[0]) == list(comparison.PAIRED_FIELDS)
+
+
+# ---------------------------------------------------------------------------------------------
 # explore.py and tutorial.py
 
 @pytest.fixture(scope="module")
@@ -267,11 +370,31 @@ def test_explore_writes_every_figure_and_a_self_contained_report(z2_run, tmp_pat
     for words in ("Evaluation", "importance", "k-hat &gt; 0.7", "Configuration",
                   "model.prior.name"):
         assert words in text, words
+    # The evaluation table: each estimator's share of trusted images (the mixture beside
+    # importance checks it for missed modes), then the recommended row.
+    assert "<th class=\"\">trusted</th>" in text and "recommended" in text
+    table = json.loads((out / "explore.json").read_text())["estimators"]
+    assert [row["estimator"] for row in table] == ["elbo", "importance", "mixture", "prior",
+                                                   "recommended"]
+    assert all(0 <= row["trusted_frac"] <= 1 for row in table)
+    assert table[0]["num_trusted"] == 0   # the ELBO: a bound nothing checks
     written = json.loads((out / "explore.json").read_text())["facts"]
     assert written["index"] == facts["index"] == 3 and written["blueprint_z"] == "0.1,0.5"
     assert math.isfinite(facts["log_px_quadrature"])
     assert 0 < facts["prior_weight_share"] <= 1
     assert facts["manifold_grid"].startswith("quantiles of the prior N(0, 1)")
+
+
+def test_explore_takes_the_recommended_row_of_an_evaluation_file_where_it_has_one(tmp_path):
+    from evaluation.reporting.exploration import read_evaluation
+
+    summary = {"estimator": "importance", "log_px_mean": -90.0, "trusted_frac": 0.5}
+    recommended = {"estimator": "recommended", "log_px_mean": -89.5, "trusted_frac": 0.75}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"estimators": [summary], "recommended": recommended}))
+    assert read_evaluation(path) == [summary, recommended]
+    path.write_text(json.dumps({"estimators": [summary]}))   # written before the verdicts
+    assert read_evaluation(path) == [summary]
 
 
 def test_explore_refuses_bad_input_with_one_line(z2_run, tmp_path, capsys):

@@ -15,6 +15,7 @@ from evaluation.command_line.config_flags import flag
 from evaluation.command_line.flags import (add_common_flags, add_data_flags,
                                            add_evaluation_flags, add_opened_run_flags,
                                            make_parser, make_training_parser)
+from evaluation.reporting.exploration import DEFAULT_ESTIMATORS as EXPLORE_ESTIMATORS
 from evaluation.verdicts import DEFAULT_ESTIMATORS
 from inference.local import fit_local_guide
 from models.base.registry import option_defaults
@@ -84,7 +85,7 @@ def compare():
                          "compare.py")
     parser.add_argument("runs", nargs="+", help="run folders or checkpoints; the first is the "
                         "baseline of paired comparisons")
-    group = add_evaluation_flags(parser, default_estimators=("importance",), grid=True,
+    group = add_evaluation_flags(parser, default_estimators=DEFAULT_ESTIMATORS, grid=True,
                                  num_data=100)
     group.add_argument("--out", default="comparison", help="folder for tables and plots")
     add_opened_run_flags(parser, estimator_options=True)
@@ -114,7 +115,8 @@ def explore():
                        help="annealing steps of ais in the convergence figure (and the table)")
     table = parser.add_argument_group("evaluation table")
     table.add_argument("--estimator", type=comma_list(str), action="append", default=[],
-                       help="estimators of the report's table (default elbo,importance,prior)")
+                       help="estimators of the report's table (default "
+                       f"{','.join(EXPLORE_ESTIMATORS)})")
     table.add_argument("--num-samples", type=int, default=1000,
                        help="K of the report's evaluation table")
     table.add_argument("--eval-data", type=int, default=200,

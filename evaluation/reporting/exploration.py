@@ -21,7 +21,9 @@ from evaluation import story
 from evaluation.estimators import convergence_curves, estimate
 from evaluation.reporting import figures
 from evaluation.reporting.html import figure_html, note, page, settings_html
-from evaluation.reporting.tables import SETTING_COLUMNS, render
+from evaluation.reporting.scoring import judge
+from evaluation.reporting.tables import SETTING_COLUMNS, recommended_summary, render
+from evaluation.verdicts import summarize_verdicts
 from models.base.config import ConfigError
 from models.linear_gaussian import is_linear_gaussian
 from models.utilities.files import atomic_write_json, atomic_write_text, refuse_to_overwrite
@@ -46,8 +48,9 @@ FIGURES = ("latent_map.png", "manifold.png", "blueprint.png", "posterior.png",
            "convergence.png", "reconstructions.png", "samples.png")
 #: every file :func:`explore` writes
 OUTPUTS = FIGURES + ("explore.json", "report.html")
-#: the estimators of the report's table unless others are chosen
-DEFAULT_ESTIMATORS = ("elbo", "importance", "prior")
+#: the estimators of the report's table unless others are chosen: the defensive mixture beside
+#: importance sampling is what checks it for missed modes (:mod:`evaluation.verdicts`)
+DEFAULT_ESTIMATORS = ("elbo", "importance", "mixture", "prior")
 #: AIS settings of the convergence figure: short chains, one image
 AIS_LEAPFROG, MAX_AIS_CHAINS = 5, 100
 
@@ -62,11 +65,13 @@ def reference_value(model, x):
 
 
 def read_evaluation(path):
-    """The per-estimator summaries of an evaluate.py JSON (``--evaluation``), read before
-    anything is written so that a wrong file is refused first."""
+    """The per-estimator summaries of an evaluate.py JSON (``--evaluation``), followed by its
+    ``recommended`` row where it has one (files written before the verdicts have none), read
+    before anything is written so that a wrong file is refused first."""
     try:
         with open(path) as handle:
-            summaries = json.load(handle)["estimators"]
+            written = json.load(handle)
+        summaries = written["estimators"]
     except (ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"--evaluation {path} is not a JSON summary written by evaluate.py "
                           f"--out ({type(error).__name__}: {error}); give such a file or drop "
@@ -74,20 +79,24 @@ def read_evaluation(path):
     if not isinstance(summaries, list):
         raise ConfigError(f"--evaluation {path} holds no list of estimator summaries; give a JSON "
                           "written by evaluate.py --out or drop the flag")
-    return summaries
+    recommended = written.get("recommended")
+    return summaries + ([recommended] if isinstance(recommended, dict) else [])
 
 
 def evaluation_summaries(opened, names, num_data, num_samples, ais_steps, seed):
-    """The summary of each estimator of ``names`` on the first ``num_data`` test images with K
-    ``num_samples``, each from the random numbers of ``seed``."""
-    x, _ = opened.dataset.select("test", num_data)
-    summaries = []
+    """The rows of the report's evaluation table: the summary of each estimator of ``names`` on
+    the first ``num_data`` test images with K ``num_samples``, each from the random numbers of
+    ``seed``, with the share of images its estimate passes every check on (``trusted_frac``,
+    ``num_trusted``: the verdicts of :mod:`evaluation.verdicts` on these estimates), then the
+    ``recommended`` row (the mean of the per-image recommended values)."""
+    x, labels = opened.dataset.select("test", num_data)
+    results = {}
     for name in names:
         pyro.set_rng_seed(seed)
         options = {"ais_steps": ais_steps} if name == "ais" else {}
-        summaries.append(estimate(name, opened.model, opened.guide, x, num_samples,
-                                  **options).summary())
-    return summaries
+        results[name] = estimate(name, opened.model, opened.guide, x, num_samples, **options)
+    verdicts, summaries, _ = judge(results, labels)
+    return summaries + [recommended_summary(verdicts, summarize_verdicts(verdicts))]
 
 
 def write_report(out, run_path, config, summaries, facts, run_dir):
@@ -105,7 +114,11 @@ def write_report(out, run_path, config, summaries, facts, run_dir):
                      + note("MC s.e.: the Monte Carlo error of the mean estimate; data s.e.: the "
                             "spread of the per-image values. ESS: effective sample size of the "
                             "importance weights. k-hat > 0.7: the Pareto diagnostic says the "
-                            "estimate cannot be trusted.")))
+                            "estimate cannot be trusted. trusted: the share of images whose "
+                            "estimate passes every check of evaluation/verdicts.py (k-hat, a "
+                            "missed mode that the mixture finds, disagreement); recommended: "
+                            "per image the tightest estimate that passes (else the best guess), "
+                            "averaged over the images, and the share that passes.")))
     sections.append(("The generative story, in pictures", "".join(
         figure_html(os.path.join(out, name), CAPTIONS[name]) for name in FIGURES)))
     facts_rows = [{"key": key, "value": value} for key, value in facts.items()

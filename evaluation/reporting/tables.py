@@ -84,6 +84,19 @@ ESTIMATE_COLUMNS = (
     Column("seconds", "seconds", fixed(2)),
 )
 RUN_COLUMN = Column("run", "run", str, text=True)
+
+
+def holds_note(row):
+    """'yes', or 'no: why' (:func:`evaluation.reporting.comparison.paired_verdict`); '' where the
+    row has no verdict."""
+    if not row.get("holds"):
+        return ""
+    return row["holds"] + (f": {row['holds_reason']}" if row.get("holds_reason") else "")
+
+
+#: a paired difference of two runs (``compare.py``), then whether it survives the verdicts: the
+#: difference over the points trusted in both runs, that of the recommended values over all
+#: points, and whether it holds (blank in rows without them)
 PAIRED_COLUMNS = (
     Column("run", "run", str, text=True),
     Column("baseline", "baseline", str, text=True),
@@ -92,6 +105,12 @@ PAIRED_COLUMNS = (
     Column("mean_difference", "mean difference", fixed(3)),
     Column("paired_stderr", "paired s.e.", fixed(3)),
     Column("unpaired_stderr", "unpaired s.e.", fixed(3)),
+    Column("num_trusted", "trusted N", format_number),
+    Column("trusted_difference", "on trusted", fixed(3)),
+    Column("trusted_stderr", "s.e.", fixed(3)),
+    Column("recommended_difference", "recommended", fixed(3)),
+    Column("recommended_stderr", "s.e.", fixed(3)),
+    Column("holds", "holds", str, text=True, note=holds_note),
 )
 SETTING_COLUMNS = (Column("key", "setting", str, text=True),
                    Column("value", "value", format_number, text=True))
