@@ -1,4 +1,5 @@
 import importlib.util
+import math
 import os
 import sys
 
@@ -8,6 +9,7 @@ import torch
 
 from inference.build import resolve
 from inference.training import forget_stale_params
+from models import build_model
 from models.base.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,3 +119,16 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "run"
     run_main("train", *TINY, "--num-epochs", "2", "--out", out)
     return out
+
+
+def linear_gaussian(z_dim=2, x_dim=10, sigma=0.5, weight_scale=2.0, seed=0):
+    """A linear-Gaussian VAE (exact log p(x) and posterior in models.linear_gaussian) with a
+    random decoder of the given scale."""
+    torch.manual_seed(seed)
+    model = build_model(small_config(z_dim=z_dim, x_dim=x_dim, hidden_dims=[],
+                                     architecture="linear", likelihood="gaussian",
+                                     likelihood_options={"sigma": sigma}))
+    with torch.no_grad():
+        model.decoder.weight.copy_(weight_scale * torch.randn(x_dim, z_dim) / math.sqrt(z_dim))
+        model.decoder.bias.copy_(torch.randn(x_dim))
+    return model.requires_grad_(False).eval()

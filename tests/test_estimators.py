@@ -13,26 +13,14 @@ from pyro.optim import Adam
 from evaluation.ais import bdmc
 from evaluation.estimators import ESTIMATORS, estimate
 from evaluation.log_density import LatentLogDensity
-from conftest import small_config
+from conftest import linear_gaussian, small_config
 from evaluation.quadrature import quadrature_log_marginal
 from inference.build import build
 from models.data import load_dataset
 from inference.guides import DiagonalGaussianGuide, ExactPosteriorGuide, Guide
 from inference.log_weights import log_importance_weights, log_joint
-from models import build_model
 from models.base.config import DataConfig
 from models.linear_gaussian import log_marginal, posterior
-
-
-def linear_gaussian(z_dim=2, x_dim=10, sigma=0.5, weight_scale=2.0, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(small_config(z_dim=z_dim, x_dim=x_dim, hidden_dims=[],
-                                     architecture="linear", likelihood="gaussian",
-                                     likelihood_options={"sigma": sigma}))
-    with torch.no_grad():
-        model.decoder.weight.copy_(weight_scale * torch.randn(x_dim, z_dim) / math.sqrt(z_dim))
-        model.decoder.bias.copy_(torch.randn(x_dim))
-    return model.requires_grad_(False).eval()
 
 
 class WidePosteriorGuide(Guide):

@@ -9,13 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import small_config
+from conftest import linear_gaussian
 from evaluation.estimators import ESTIMATORS, Estimate, estimate
 from evaluation.verdicts import (MODE_GAP, NOT_CHECKED, Verdicts, disagrees, format_summary,
                                  kind_of, missed_mode, point_verdicts, summarize_verdicts)
 from models.base.config import ConfigError
 from inference.guides import ExactPosteriorGuide, Guide
-from models import build_model
 from models.likelihoods import GaussianLikelihood
 from models.linear_gaussian import log_marginal
 from models.priors import StandardNormalPrior
@@ -292,17 +291,6 @@ def test_missed_mode_is_flagged_where_the_guide_misses_half_the_posterior():
     checked = point_verdicts({"importance": importance, "mixture": mixture}, reference=truth)
     assert all(reason.split(";") == ["missed-mode", "disagree:reference"]
                for reason in checked.reasons), checked.reasons
-
-
-def linear_gaussian(z_dim=2, x_dim=10, sigma=0.5, weight_scale=2.0, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(small_config(z_dim=z_dim, x_dim=x_dim, hidden_dims=[],
-                                     architecture="linear", likelihood="gaussian",
-                                     likelihood_options={"sigma": sigma}))
-    with torch.no_grad():
-        model.decoder.weight.copy_(weight_scale * torch.randn(x_dim, z_dim) / math.sqrt(z_dim))
-        model.decoder.bias.copy_(torch.randn(x_dim))
-    return model.requires_grad_(False).eval()
 
 
 def test_no_missed_mode_where_the_guide_is_the_exact_posterior():
