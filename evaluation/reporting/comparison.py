@@ -13,6 +13,9 @@ together with those scored once (``ais`` with its own chains, ``exact``, ``quadr
 join every K; an estimator scored once is shown with its verdict at the largest K, where the
 others are the sharpest. The paired differences are taken, as the estimates' own, at each
 estimator's largest K, with the verdicts of that largest K.
+
+(Over 300 lines: scoring the runs, the verdicts at each K, the paired differences with whether
+they hold, and writing the five tables are the one comparison that compare.py runs.)
 """
 
 import math
