@@ -82,7 +82,11 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
     sum_d (z_d - m_kd)^2 / s_kd^2 = z^2 . s_k^-2 - 2 z . (m_k s_k^-2) + m_k^2 . s_k^-2,
     is two (M, D) x (D, K) products instead. The expansion cancels large terms when z is near a
     narrow, far-out component, so it is computed in float64 and the result returned in the
-    value's dtype. Sampling is the parent's.
+    value's dtype.
+
+    Sampling draws the component k of each z, then z = m_k + s_k eps: the parent's draws every
+    one of the K components for every z and keeps one (K = 500 for the VampPrior made the
+    defensive mixture estimator 15 times slower than importance sampling).
     """
 
     def __init__(self, logits, locs, scales, validate_args=None):
@@ -102,6 +106,14 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
         # Expanding only repeats the mixture, so every batch element keeps these parameters.
         new._mixture_parameters = self._mixture_parameters
         return new
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            logits, locs, scales = self._mixture_parameters
+            shape = self._extended_shape(sample_shape)
+            index = dist.Categorical(logits=logits).sample(shape[:-1])
+            noise = torch.randn(shape, dtype=locs.dtype, device=locs.device)
+            return locs[index] + scales[index] * noise
 
     def log_prob(self, value):
         if self._validate_args:

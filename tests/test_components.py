@@ -14,7 +14,7 @@ from pyro.optim import Adam
 
 from pyro.poutine.messenger import Messenger
 
-from conftest import SMALL, refused, run_main, small_config
+from conftest import SMALL, linear_gaussian, refused, run_main, small_config
 from evaluation.estimators import estimate, options_for
 from evaluation.gaps import gap_decomposition, summarize_gaps
 from inference.build import build, build_guide
@@ -33,7 +33,6 @@ from models.likelihoods import (ContinuousBernoulliLikelihood, LearnedGaussianLi
 from models.linear_gaussian import log_marginal, posterior
 from models.networks import ConvDecoder, ConvEncoder
 from models.priors import FlowPrior, MixtureOfGaussiansPrior, VampPrior
-from test_estimators import linear_gaussian
 
 PRIORS = ("standard", "mog", "vamp", "flow")
 GUIDES = ("diagonal", "fullcov", "iaf", "local")
@@ -47,6 +46,26 @@ def data_for(likelihood, num_data=12, x_dim=50):
 
 # ---------------------------------------------------------------------------------------------
 # Priors: exact log densities
+
+def test_a_diagonal_normal_mixture_draws_each_component_with_its_weight():
+    # Two far-apart components in two dimensions, weights 0.3 and 0.7: the share of draws near
+    # each is its weight, and the draws near each have its mean and scales (four standard
+    # errors of 200,000 draws), also batched by expand.
+    locs = torch.tensor([[-20.0, 5.0], [20.0, -5.0]])
+    scales = torch.tensor([[1.0, 0.5], [2.0, 3.0]])
+    mixture = DiagonalNormalMixture(torch.tensor([0.3, 0.7]).log(), locs, scales)
+    pyro.set_rng_seed(0)
+    z = mixture.expand((2,)).sample((100000,)).reshape(-1, 2)
+    assert z.shape == (200000, 2)
+    first = z[:, 0] < 0
+    share = first.double().mean().item()
+    assert abs(share - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 200000)
+    for component, points in ((0, z[first]), (1, z[~first])):
+        count = points.shape[0]
+        assert torch.allclose(points.mean(0), locs[component],
+                              atol=4 * scales[component].max().item() / math.sqrt(count))
+        assert torch.allclose(points.std(0), scales[component], rtol=4 / math.sqrt(2 * count))
+
 
 def test_mog_log_prob_matches_the_mixture_formula():
     prior = MixtureOfGaussiansPrior(z_dim=3, num_components=4)
