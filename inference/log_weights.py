@@ -477,9 +477,14 @@ def _chunk_log_weights(scorer, x, num_particles, proposal, mixture_weight):
         mask = from_guide.reshape(from_guide.shape + (1,) * (z_guide.dim() - 2))
         latents[name] = torch.where(mask, z_guide, z_prior)
     _, model_lp, observed = scorer.run(scorer.model, x, num_particles, condition=latents)
-    _, guide_lp, _ = scorer.run(scorer.guide, x, num_particles, condition=latents)
+    with pyro.validation_enabled(False):
+        _, guide_lp, _ = scorer.run(scorer.guide, x, num_particles, condition=latents)
     log_prior = _total(model_lp, latents, like)
     log_q = _total(guide_lp, latents, like)
+    # q(z) of a prior draw: a flow guide (IAF) inverts its transform, which overflows to NaN
+    # for a z so far outside q that its base coordinates pass the float range; q is 0 there.
+    log_q = torch.where(from_guide | torch.isfinite(log_q), log_q,
+                        torch.full_like(log_q, -math.inf))
     log_proposal = torch.logaddexp(math.log(mixture_weight) + log_q,
                                    math.log1p(-mixture_weight) + log_prior)
     return log_prior + _total(model_lp, observed, like) - log_proposal

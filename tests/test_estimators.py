@@ -7,6 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from torch.distributions import constraints
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
@@ -303,3 +304,52 @@ def test_bad_inputs_get_clear_errors(ppca):
         estimate("quadrature", big, None, torch.zeros(2, 10), None)
     assert set(ESTIMATORS) == {"elbo", "importance", "prior", "mixture", "ais", "exact",
                                "quadrature"}
+
+
+class _NaNFarOut(dist.TorchDistribution):
+    """A distribution that is ``base`` except that its log density is NaN more than ``reach``
+    standard deviations from its mean, as a flow guide's inverse overflows far outside q."""
+
+    arg_constraints = {}
+    support = constraints.real_vector
+
+    def __init__(self, base, reach):
+        self.base, self.reach = base, reach
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.base.sample(sample_shape)
+
+    def log_prob(self, value):
+        log_density = self.base.log_prob(value)
+        spread = self.base.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
+        far = ((value - self.base.mean).abs() / spread).amax(-1) > self.reach
+        return torch.where(far, torch.full_like(log_density, math.nan), log_density)
+
+
+class NaNFarOutGuide(ExactPosteriorGuide):
+    def distribution(self, x):
+        return _NaNFarOut(super().distribution(x), reach=8.0)
+
+
+def test_the_mixture_takes_a_guide_whose_density_fails_far_outside_it():
+    # Prior draws far outside q (8 posterior standard deviations and more, where q is below
+    # e^-32 of its peak) get q(z) = 0 instead of NaN: the estimate is that of the guide whose
+    # density is computed everywhere, to rounding, and the far draws are many (the posterior
+    # is narrow), so the NaN path is taken.
+    model = linear_gaussian()
+    with torch.no_grad():
+        x = model(batch_size=8)
+    exact_guide, failing = ExactPosteriorGuide(model), NaNFarOutGuide(model)
+    estimates = []
+    for guide in (exact_guide, failing):
+        pyro.set_rng_seed(3)
+        estimates.append(estimate("mixture", model, guide, x, 400).estimate)
+    assert torch.isfinite(estimates[1]).all()
+    assert torch.allclose(estimates[1], estimates[0], atol=1e-6)
+    pyro.set_rng_seed(3)
+    latents = dist.Normal(0.0, 1.0).sample((400, 8, model.z_dim))
+    posterior_sd = failing.distribution(x).base.covariance_matrix.diagonal(
+        dim1=-2, dim2=-1).sqrt()
+    assert ((latents - failing.distribution(x).base.mean).abs() / posterior_sd
+            ).amax(-1).gt(8).float().mean() > 0.2
