@@ -222,6 +222,13 @@ def _khat_checked(result):
     return checked() if callable(checked) else checked
 
 
+def trusted_share(codes):
+    """The points an estimator passes on, from its codes (one per point, '' where it passed):
+    ``{"num_trusted": count, "trusted_frac": their share}`` (NaN for no points)."""
+    count = sum(not code for code in codes)
+    return {"num_trusted": count, "trusted_frac": count / len(codes) if codes else math.nan}
+
+
 def combined_stderr(*stderrs):
     """sqrt(sum se_i^2), the standard error of a difference of independent estimates."""
     return torch.stack([torch.as_tensor(s, dtype=torch.float64) ** 2 for s in stderrs]).sum(0) \

@@ -31,7 +31,7 @@ from evaluation.reporting.html import figure_html, note, page
 from evaluation.reporting.tables import (CSV_FIELDS, ESTIMATE_COLUMNS, PAIRED_COLUMNS,
                                          RUN_COLUMN, Column, csv_text, per_point_rows,
                                          recommended_rows, recommended_summary, render)
-from evaluation.verdicts import point_verdicts, summarize_verdicts
+from evaluation.verdicts import point_verdicts, summarize_verdicts, trusted_share
 from models.base.config import ConfigError
 from models.utilities.files import atomic_write_text
 
@@ -149,8 +149,8 @@ def paired(results, baseline, name, num_samples):
     a, b = results[name, num_samples].estimate, baseline[name, num_samples].estimate
     difference = a - b
     n = difference.numel()
-    return {"mean_difference": difference.mean().item(),
-            "paired_stderr": difference.std().item() / math.sqrt(n) if n > 1 else math.nan,
+    mean, paired_stderr = mean_and_stderr(difference)
+    return {"mean_difference": mean, "paired_stderr": paired_stderr,
             "unpaired_stderr": math.sqrt(a.var().item() / n + b.var().item() / n)
             if n > 1 else math.nan,
             "num_data": n, "difference": difference}
@@ -264,10 +264,7 @@ def compare_results(all_results, point_labels=None):
         verdicts[label] = {k: v for k, (_, v) in judged.items()}
         for (name, k), result in results.items():
             codes = judged[judged_at(name, k, judged)][1].codes[name]
-            row = dict(result.summary(), run=label)
-            row["num_trusted"] = sum(not code for code in codes)
-            row["trusted_frac"] = row["num_trusted"] / len(codes) if codes else math.nan
-            rows.append(row)
+            rows.append(dict(result.summary(), run=label, **trusted_share(codes)))
         for k, (_, judgement) in judged.items():
             row = dict(recommended_summary(judgement, summarize_verdicts(judgement)), run=label)
             row["num_samples"] = k or None

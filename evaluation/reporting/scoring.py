@@ -10,7 +10,6 @@ estimator, plus one per point with its recommended value).
 score.
 """
 
-import math
 import os
 import time
 
@@ -22,7 +21,8 @@ from evaluation.estimators import ESTIMATORS, estimate, options_for
 from evaluation.gaps import gap_decomposition, summarize_gaps
 from evaluation.reporting.tables import (csv_text, per_point_rows, recommended_rows,
                                          recommended_summary, render)
-from evaluation.verdicts import format_summary, point_verdicts, summarize_verdicts
+from evaluation.verdicts import (format_summary, point_verdicts, summarize_verdicts,
+                                 trusted_share)
 from inference.local import fit_local_guide
 from models.utilities.files import atomic_write_json, atomic_write_text
 
@@ -121,10 +121,7 @@ def judge(results, labels, ais_gap=None):
     summaries, rows = [], []
     for name, result in results.items():
         codes = verdicts.codes[name]
-        summary = result.summary()
-        summary["num_trusted"] = sum(not code for code in codes)
-        summary["trusted_frac"] = summary["num_trusted"] / len(codes) if codes else math.nan
-        summaries.append(summary)
+        summaries.append({**result.summary(), **trusted_share(codes)})
         rows += per_point_rows(result, labels, codes)
     rows += recommended_rows(verdicts, labels)
     return verdicts, summaries, rows
