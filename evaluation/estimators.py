@@ -49,12 +49,15 @@ class Estimate:
     ``stderr`` is the Monte Carlo standard error of each estimate (for ``quadrature``, the last
     change under grid refinement; for ``exact``, zero). For a log-mean-exp of weights it is
     :func:`evaluation.diagnostics.covering_stderr`, which counts the tail of the weights that
-    the delta method misses; ``stderr_delta`` keeps the delta method's (where an estimator has
-    no other, the same as ``stderr``). ``ess``, ``khat`` and ``max_weight`` describe the
-    importance weights (NaN where an estimator has none). ``khat_applies``: the estimate is a
-    log-mean-exp of weights, which Pareto k-hat judges; where it applies and every k-hat is
-    NaN (fewer than ``MIN_KHAT_SAMPLES`` weights, as AIS with its default 16 chains), the
-    summary says "not checked", never that no point is flagged.
+    the delta method misses, so that about 95% of the points lie within two of it of log p(x);
+    ``stderr_spread`` is the standard deviation of each estimate over repeated draws
+    (:func:`evaluation.diagnostics.spread_stderr`), what a mean over points adds up;
+    ``stderr_delta`` keeps the delta method's (where an estimator has no other, both are the
+    same as ``stderr``). ``ess``, ``khat`` and ``max_weight`` describe the importance weights
+    (NaN where an estimator has none). ``khat_applies``: the estimate is a log-mean-exp of
+    weights, which Pareto k-hat judges; where it applies and every k-hat is NaN (fewer than
+    ``MIN_KHAT_SAMPLES`` weights, as AIS with its default 16 chains), the summary says "not
+    checked", never that no point is flagged.
     """
 
     estimator: str
@@ -68,10 +71,13 @@ class Estimate:
     info: dict = field(default_factory=dict)
     stderr_delta: torch.Tensor = None
     khat_applies: bool = False
+    stderr_spread: torch.Tensor = None
 
     def __post_init__(self):
         if self.stderr_delta is None:
             self.stderr_delta = self.stderr
+        if self.stderr_spread is None:
+            self.stderr_spread = self.stderr
 
     def khat_checked(self):
         """True where k-hat judged the points, False where it applies but could not (too few
@@ -82,7 +88,7 @@ class Estimate:
 
     def summary(self):
         """Means over the data points. ``log_px_stderr`` is the Monte Carlo error of
-        ``log_px_mean`` (sqrt(sum_n se_n^2) / N), from the reported per-point errors;
+        ``log_px_mean``, sqrt(sum_n se_n^2) / N of the per-point spreads ``stderr_spread``;
         ``log_px_stderr_delta`` the same from the delta method's; ``log_px_data_stderr`` is the
         spread of the per-point estimates over the data, sd / sqrt(N), the error of the mean as
         an estimate of the expectation over the data distribution. ``khat_checked`` is
@@ -97,7 +103,7 @@ class Estimate:
             "num_samples": self.num_samples,
             "num_data": num_data,
             "log_px_mean": self.estimate.mean().item(),
-            "log_px_stderr": _stderr_of_mean(self.stderr, num_data),
+            "log_px_stderr": _stderr_of_mean(self.stderr_spread, num_data),
             "log_px_stderr_delta": _stderr_of_mean(self.stderr_delta, num_data),
             "log_px_data_stderr": data_stderr,
             "ess_mean": _nanmean(self.ess),
@@ -141,7 +147,7 @@ def _from_summary(name, diagnostics, num_samples, info=None):
     return Estimate(name, diagnostics["estimate"], diagnostics["stderr"], diagnostics["ess"],
                     diagnostics["khat"], diagnostics["max_weight"], num_samples,
                     info=info or {}, stderr_delta=diagnostics["stderr_delta"],
-                    khat_applies=True)
+                    stderr_spread=diagnostics["stderr_spread"], khat_applies=True)
 
 
 def _streamed(model, guide, x, num_samples, progress=False, log_moments=False, **options):
@@ -162,7 +168,7 @@ def elbo(model, guide, x, num_samples, *, max_batch_elements=None, progress=Fals
     # k-hat judges a log-mean-exp of weights; the ELBO is a plain mean of log weights, whose
     # standard error is trustworthy, so it is not flagged.
     result.estimate = diagnostics["log_weight_mean"]
-    result.stderr = result.stderr_delta = diagnostics["log_weight_stderr"]
+    result.stderr = result.stderr_delta = result.stderr_spread = diagnostics["log_weight_stderr"]
     result.khat = _nan(x.shape[0])
     result.khat_applies = False
     return result
@@ -454,7 +460,7 @@ def _share(group, name, model, x, num_samples, budget):
 
 
 #: the per-data-point tensors of an Estimate
-_PER_POINT = ("estimate", "stderr", "ess", "khat", "max_weight", "stderr_delta")
+_PER_POINT = ("estimate", "stderr", "ess", "khat", "max_weight", "stderr_delta", "stderr_spread")
 
 
 def _gathered(group, result):

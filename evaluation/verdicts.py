@@ -140,6 +140,8 @@ class Verdicts:
     guess of ``FALLBACK_ORDER``) and its estimator ('' where no estimate is finite).
     ``recommended_trusted``: whether that estimate passed. ``settings``: the thresholds used.
     ``codes``: {estimator: [codes joined by ';' per point]} for every estimator.
+    ``recommended_spread``: the recommended estimate's standard deviation over repeated draws
+    (its ``stderr_spread``, else its ``stderr``), what the error of a mean over points adds up.
     """
 
     primary: str
@@ -151,6 +153,11 @@ class Verdicts:
     recommended_trusted: torch.Tensor
     codes: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    recommended_spread: torch.Tensor = None
+
+    def __post_init__(self):
+        if self.recommended_spread is None:
+            self.recommended_spread = self.recommended_stderr
 
     def __len__(self):
         return self.trusted.numel()
@@ -185,10 +192,11 @@ def _field(result, name, num_data=None):
 
 
 def per_point(results):
-    """{name: {"estimate", "stderr", "khat"}} of float64 tensors of one length N, and
-    ``khat_checked`` (see :meth:`evaluation.estimators.Estimate.khat_checked`), from a mapping
-    {name: Estimate or mapping with those fields} or from a sequence of Estimates (named by their
-    ``estimator``). A missing ``stderr`` or ``khat`` is NaN, a missing ``khat_checked`` None."""
+    """{name: {"estimate", "stderr", "stderr_spread", "khat"}} of float64 tensors of one length
+    N, and ``khat_checked`` (see :meth:`evaluation.estimators.Estimate.khat_checked`), from a
+    mapping {name: Estimate or mapping with those fields} or from a sequence of Estimates (named
+    by their ``estimator``). A missing ``stderr`` or ``khat`` is NaN, a missing
+    ``stderr_spread`` the ``stderr``, a missing ``khat_checked`` None."""
     if not isinstance(results, dict):
         named = {}
         for result in results:
@@ -208,7 +216,10 @@ def per_point(results):
         if estimate.numel() != num_data:
             raise ValueError(f"the results differ in length: {name!r} has {estimate.numel()} "
                              f"points, others {num_data}")
-        table[name] = {"estimate": estimate, "stderr": _field(result, "stderr", num_data),
+        stderr = _field(result, "stderr", num_data)
+        spread = _field(result, "stderr_spread", num_data)
+        table[name] = {"estimate": estimate, "stderr": stderr,
+                       "stderr_spread": torch.where(torch.isnan(spread), stderr, spread),
                        "khat": _field(result, "khat", num_data),
                        "khat_checked": _khat_checked(result)}
     return table
@@ -372,14 +383,14 @@ def point_verdicts(results, *, reference=None, reference_stderr=None, ais_gap=No
     joined = {name: [";".join(point) for point in codes[name]] for name in names}
     passed = {name: torch.tensor([not point for point in codes[name]], dtype=torch.bool)
               for name in names}
-    recommended, recommended_stderr, recommended_name, recommended_ok = _recommend(
-        table, kind, passed, num_data)
+    recommended, recommended_stderr, recommended_spread, recommended_name, recommended_ok = \
+        _recommend(table, kind, passed, num_data)
     settings = {"khat_threshold": khat_threshold, "sigmas": sigmas, "tolerance": tolerance,
                 "mode_gap": mode_gap, "max_ais_gap": max_ais_gap,
                 "require_mode_check": require_mode_check, "kinds": kind,
                 "reference": reference is not None, "ais_gap": gap is not None}
     return Verdicts(primary, passed[primary], joined[primary], recommended, recommended_stderr,
-                    recommended_name, recommended_ok, joined, settings)
+                    recommended_name, recommended_ok, joined, settings, recommended_spread)
 
 
 def _rank(kind):
@@ -400,11 +411,12 @@ def _fallback_rank(kind):
 
 def _recommend(table, kind, passed, num_data):
     """Per point: the preferred passing estimate (or, where none passes, the preferred finite
-    one), its standard error, its estimator's name ('' where none is finite) and whether it
-    passed."""
+    one), its standard error and spread, its estimator's name ('' where none is finite) and
+    whether it passed."""
     names = list(table)
     values = torch.stack([table[name]["estimate"] for name in names])          # (E, N)
     stderrs = torch.stack([table[name]["stderr"] for name in names])
+    spreads = torch.stack([table[name]["stderr_spread"] for name in names])
     finite = torch.isfinite(values)
     passing = torch.stack([passed[name] for name in names]) & finite
     any_passing = passing.any(0)
@@ -419,8 +431,9 @@ def _recommend(table, kind, passed, num_data):
     columns = torch.arange(num_data)
     value = torch.where(found, values[choice, columns], math.nan)
     stderr = torch.where(found, stderrs[choice, columns], math.nan)
+    spread = torch.where(found, spreads[choice, columns], math.nan)
     chosen = [names[index] if ok else "" for index, ok in zip(choice.tolist(), found.tolist())]
-    return value, stderr, chosen, any_passing
+    return value, stderr, spread, chosen, any_passing
 
 
 #: what to run next, per reason code (``{n}``: how many points; settings fill the rest)
@@ -451,15 +464,15 @@ def summarize_verdicts(verdicts):
     :returns: dict with ``num_points``; ``num_trusted`` (the primary estimate passed) and
         ``num_recommended_trusted`` (the recommended value passed); ``recommended_mean``, the
         mean of the recommended values over all points, and ``recommended_stderr``, its Monte
-        Carlo standard error sqrt(sum_n se_n^2) / N; ``recommended_by`` {estimator: points};
-        ``reasons`` {code: untrusted points with it}; ``advice``, sentences on what to run next
-        for the untrusted points; ``primary``.
+        Carlo standard error sqrt(sum_n se_n^2) / N of the recommended values' spreads;
+        ``recommended_by`` {estimator: points}; ``reasons`` {code: untrusted points with it};
+        ``advice``, sentences on what to run next for the untrusted points; ``primary``.
     """
     num_points = len(verdicts)
     values = verdicts.recommended
     finite = torch.isfinite(values)
     mean = values[finite].mean().item() if finite.all() and num_points else math.nan
-    se = verdicts.recommended_stderr
+    se = verdicts.recommended_spread
     stderr = (se[torch.isfinite(se)] ** 2).sum().sqrt().item() / num_points if num_points \
         else math.nan
     recommended_by = {}

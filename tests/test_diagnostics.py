@@ -104,7 +104,8 @@ def test_summary_and_flagged_fraction():
     light = 0.1 * torch.randn(500, 3, dtype=torch.float64)
     heavy = -1.2 * torch.log(torch.rand(500, 1, dtype=torch.float64))
     summary = summarize_weights(torch.cat([light, heavy], 1))
-    assert set(summary) == {"estimate", "stderr", "ess", "ess_fraction", "khat", "max_weight"}
+    assert set(summary) == {"estimate", "stderr", "stderr_spread", "ess", "ess_fraction", "khat",
+                            "max_weight"}
     assert fraction_flagged(summary["khat"]) == pytest.approx(0.25)
     assert (summary["ess_fraction"] <= 1).all()
 

@@ -206,6 +206,20 @@ def test_summary_counts_mean_and_advice():
     assert "mean log p(x) with the recommended values: -24.775" in text
 
 
+def test_the_error_of_the_recommended_mean_adds_up_the_spreads_of_the_chosen_estimates():
+    # Per point the error of the chosen estimate: importance's at 0 and 2, the mixture's at 1
+    # (above by the gap rule); the mean's error adds their spreads, where a result gives them.
+    importance = result([-10.0, -20.0, -30.0], [0.2, 0.2, 0.2], [0.1, 0.1, 0.1])
+    importance["stderr_spread"] = torch.tensor([0.1, 0.1, 0.1], dtype=torch.float64)
+    mixture = result([-10.0, -19.0, -30.0], [0.4, 0.4, 0.4], [0.1, 0.1, 0.1])
+    verdicts = point_verdicts({"importance": importance, "mixture": mixture})
+    assert verdicts.recommended_estimator == ["importance", "mixture", "importance"]
+    assert verdicts.recommended_stderr.tolist() == [0.2, 0.4, 0.2]
+    assert verdicts.recommended_spread.tolist() == [0.1, 0.4, 0.1]   # no spread: its stderr
+    summary = summarize_verdicts(verdicts)
+    assert summary["recommended_stderr"] == pytest.approx(math.sqrt(0.01 + 0.16 + 0.01) / 3)
+
+
 def test_inputs_kinds_and_errors():
     assert kind_of("mixture0.8") == "defensive" and kind_of("importance") == "guide"
     assert kind_of("my_estimator") == "sampling"

@@ -13,11 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-#: the per-point CSV; ``trusted`` (1 or 0) and ``reasons`` are the verdict on that estimator's
-#: estimate at that point (:mod:`evaluation.verdicts`), ``source`` the estimator a
-#: ``recommended`` row's value comes from. Files written before these columns read the same.
+#: the per-point CSV; ``stderr`` covers (about 95% of points within two of it), ``stderr_spread``
+#: is the estimate's standard deviation over repeated draws (what errors of means add up),
+#: ``stderr_delta`` the delta method's; ``trusted`` (1 or 0) and ``reasons`` are the verdict on
+#: that estimator's estimate at that point (:mod:`evaluation.verdicts`), ``source`` the
+#: estimator a ``recommended`` row's value comes from. Files written before these columns read
+#: the same.
 CSV_FIELDS = ("estimator", "index", "label", "estimate", "stderr", "ess", "khat", "max_weight",
-              "stderr_delta", "trusted", "reasons", "source")
+              "stderr_delta", "stderr_spread", "trusted", "reasons", "source")
 
 
 def _missing(value):
@@ -175,7 +178,8 @@ def per_point_rows(result, labels, codes=None):
             "estimate": result.estimate[index].item(), "stderr": result.stderr[index].item(),
             "ess": result.ess[index].item(), "khat": result.khat[index].item(),
             "max_weight": result.max_weight[index].item(),
-            "stderr_delta": result.stderr_delta[index].item()})
+            "stderr_delta": result.stderr_delta[index].item(),
+            "stderr_spread": result.stderr_spread[index].item()})
         if codes is not None:
             rows[-1].update(trusted=int(not codes[index]), reasons=codes[index])
     return rows
@@ -192,6 +196,7 @@ def recommended_rows(verdicts, labels):
         rows.append({"estimator": "recommended", "index": index, "label": int(labels[index]),
                      "estimate": verdicts.recommended[index].item(),
                      "stderr": verdicts.recommended_stderr[index].item(),
+                     "stderr_spread": verdicts.recommended_spread[index].item(),
                      "trusted": int(trusted), "reasons": reasons, "source": source})
     return rows
 
