@@ -9,9 +9,14 @@ computation, measured side by side in one process.
 - **Evaluation**: the ``importance`` estimator against a hand-written batched torch estimate of
   the same model (log-mean-exp of K log weights per point, in chunks of the same size); with
   ``--variants jit,plain``, also with its chunks computed without the JIT.
+- **AIS**: the ``ais`` estimator started from the guide (C chains, T steps of L leapfrog steps)
+  against its floor, the gradient evaluations it cannot do without: a hand-written decoder
+  forward and backward (Bernoulli log-likelihood, gradient with respect to z) over the same
+  points x chains, T x L + 1 times (one per leapfrog position, and the start).
 - **Host-device synchronizations**: operations that make the host wait for the device (reading
-  a value, data-dependent shapes), counted per training step and per evaluation chunk. On a CPU
-  nothing waits, but the same operations would on a GPU, so they are counted here too.
+  a value, data-dependent shapes), counted per training step, per evaluation chunk and per AIS
+  step. On a CPU nothing waits, but the same operations would on a GPU, so they are counted
+  here too.
 
 It prints its tables to stdout and writes no file unless told to: the numbers as JSON to
 ``--out``, and a dated Markdown section to ``--markdown``, appended to the end of that file
@@ -351,6 +356,58 @@ def evaluation_benchmark(args, device, dataset, num_samples, variant="jit"):
             "syncs_per_estimate": total.count}
 
 
+def hand_gradients(hand, x, num_chains, num_evaluations):
+    """The floor of AIS: ``num_evaluations`` gradients of log p(x | z) with respect to z through
+    the hand-written decoder, for ``num_chains`` states z of every point of x at once."""
+    z = torch.randn(num_chains, *x.shape[:-1], hand.z_dim, device=x.device, dtype=x.dtype)
+    target = x.expand(num_chains, *x.shape)
+    for _ in range(num_evaluations):
+        z = z.detach().requires_grad_(True)
+        log_likelihood = -torch.nn.functional.binary_cross_entropy_with_logits(
+            hand.decoder(z), target, reduction="sum")
+        gradient, = torch.autograd.grad(log_likelihood, z)
+        # a step of the same size as a leapfrog step keeps z in the same range
+        z = z + 1e-3 * gradient
+    return z
+
+
+def ais_benchmark(args, device, dataset):
+    """AIS from the guide against its floor (:func:`hand_gradients`), on ``--ais-data`` test
+    images with the settings of ``--ais-chains``, ``--ais-steps`` and ``--ais-leapfrog``."""
+    config = resolve(RunConfig.from_dict({
+        "model": {"x_dim": dataset.x_dim, "z_dim": args.z_dim,
+                  "architecture": {"name": "mlp", "options": {"hidden_dims": args.hidden_dims}}}}))
+    pyro.clear_param_store()
+    model, guide = build(config)
+    model, guide = model.to(device).eval(), guide.to(device).eval()
+    hand = HandVAE(dataset.x_dim, args.hidden_dims, args.z_dim).to(device).eval()
+    copy_weights(model, guide, hand)
+    x, _ = dataset.select("test", args.ais_data)
+    chains, steps, leapfrog = args.ais_chains, args.ais_steps, args.ais_leapfrog
+    evaluations = steps * leapfrog + 1
+    options = {"ais_steps": steps, "ais_leapfrog": leapfrog, "ais_start": "guide"}
+
+    def ours():
+        estimate("ais", model, guide, x, chains, **options)
+
+    def floor():
+        hand_gradients(hand, x, chains, evaluations)
+
+    ours(), floor()                              # warm up
+    seconds = interleaved({"project": ours, "floor": floor}, args.ais_blocks, device)
+    syncs = SyncCounter()
+    with syncs:
+        ours()
+    mine, bare = summary(seconds["project"], 1), summary(seconds["floor"], 1)
+    return {"num_data": x.shape[0], "chains": chains, "steps": steps, "leapfrog": leapfrog,
+            "project_seconds": mine["median"], "floor_seconds": bare["median"],
+            "ratio": mine["median"] / bare["median"],
+            "ratio_of_blocks": statistics.median(
+                a / b for a, b in zip(seconds["project"], seconds["floor"])),
+            "gradients_per_second": x.shape[0] * chains * evaluations / mine["median"],
+            "syncs_per_step": syncs.count / steps, "syncs_per_estimate": syncs.count}
+
+
 # ---------------------------------------------------------------------------------------------
 # Reporting
 
@@ -385,6 +442,15 @@ EVALUATION_COLUMNS = (Column("num_samples", "K", str), Column("variant", "chunks
                              else f"{v / 2 ** 20:.0f}"),
                       Column("syncs_per_chunk", "syncs/chunk", fixed(1)),
                       Column("syncs_per_estimate", "syncs at read-out", str))
+AIS_COLUMNS = (Column("num_data", "points", str), Column("chains", "chains", str),
+               Column("steps", "steps", str), Column("leapfrog", "leapfrog", str),
+               Column("project_seconds", "project s", fixed(3)),
+               Column("floor_seconds", "floor s", fixed(3)),
+               Column("ratio", "ratio", fixed(3)),
+               Column("ratio_of_blocks", "paired ratio", fixed(3)),
+               Column("gradients_per_second", "points x chains x gradients / s", fixed(0)),
+               Column("syncs_per_step", "syncs/step", fixed(2)),
+               Column("syncs_per_estimate", "syncs per estimate", str))
 
 
 def markdown(report):
@@ -406,6 +472,10 @@ def markdown(report):
         lines += [f"One full epoch of {epoch['images']} images at batch {epoch['batch_size']}: "
                   f"{epoch['seconds']:.1f} s.", ""]
     lines += [render(report["evaluation"], EVALUATION_COLUMNS, "markdown")]
+    if report.get("ais"):
+        lines += ["", "AIS from the guide against its floor (a hand-written decoder forward and "
+                  "backward, steps x leapfrog + 1 times):", "",
+                  render(report["ais"], AIS_COLUMNS, "markdown")]
     return "\n".join(lines) + "\n"
 
 
@@ -424,13 +494,15 @@ def append_markdown(path, text):
 
 
 def _main(args):
-    cli.check_positive(args, "blocks", "steps", "eval_blocks", "eval_data")
+    cli.check_positive(args, "blocks", "steps", "eval_blocks", "eval_data", "ais_data",
+                       "ais_chains", "ais_steps", "ais_leapfrog", "ais_blocks")
     for name in args.variants:
         if name not in VARIANTS:
             raise ConfigError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
     if args.quick:
         args.num_samples = args.num_samples or [1000]
         args.blocks, args.steps = min(args.blocks, 7), min(args.steps, 20)
+        args.ais_steps, args.ais_blocks = min(args.ais_steps, 20), min(args.ais_blocks, 3)
     args.batch_sizes = args.batch_sizes or [128, 1024]
     args.num_samples = args.num_samples or [1000, 5000]
     if min(args.batch_sizes + args.num_samples) < 1:
@@ -442,7 +514,7 @@ def _main(args):
               "settings": {key: value for key, value in vars(args).items()
                            if key not in ("out", "markdown", "no_progress")},
               "blocks": args.blocks, "steps": args.steps,
-              "training": [], "evaluation": []}
+              "training": [], "evaluation": [], "ais": []}
     for batch_size in args.batch_sizes:
         for variant in args.variants:
             try:
@@ -472,8 +544,17 @@ def _main(args):
                   f"hand-written (ratio {row['ratio']:.3f}), {row['syncs_per_chunk']:g} syncs "
                   f"per chunk, {row['syncs_per_estimate']} when reading out the estimate",
                   flush=True)
+    if not args.no_ais:
+        row = ais_benchmark(args, device, dataset)
+        report["ais"].append(row)
+        print(f"ais from the guide, {row['num_data']} points x {row['chains']} chains x "
+              f"{row['steps']} steps x {row['leapfrog']} leapfrog: {row['project_seconds']:.3f} s "
+              f"against a floor of {row['floor_seconds']:.3f} s (ratio {row['ratio']:.3f}), "
+              f"{row['syncs_per_step']:g} syncs per step", flush=True)
     print(render(report["training"], TRAINING_COLUMNS))
     print(render(report["evaluation"], EVALUATION_COLUMNS))
+    if report["ais"]:
+        print(render(report["ais"], AIS_COLUMNS))
     if args.out:
         atomic_write_json(args.out, report)
     if args.markdown:

@@ -137,6 +137,16 @@ def test_no_host_device_synchronization_inside_a_step_or_an_evaluation_chunk():
                     model, guide, x, 300, max_batch_elements=1000, jit=jit):
                 summary.update(chunk_data, log_weights)
         assert counter.count == 0, jit
+    # AIS reads nothing back inside its steps: as many reads for 2 steps as for 12 (the start
+    # and the read-out of the estimate's diagnostics).
+    counts = []
+    for steps in (2, 12):
+        counter = SyncCounter()
+        with counter:
+            estimate("ais", model, guide, x[:5], 4, ais_steps=steps, ais_leapfrog=2,
+                     ais_start="guide")
+        counts.append(counter.count)
+    assert counts[0] == counts[1] <= 3, counts
     # The counter does see a read: it can fail.
     counter = SyncCounter()
     with counter:
@@ -322,7 +332,8 @@ def test_the_device_check_catches_a_tensor_made_on_the_cpu():
 #: the smallest benchmark: a few steps of a tiny network, an estimate of 3 points
 TINY_BENCHMARK = ("--quick", "--batch-sizes", "16", "--num-samples", "30", "--eval-data", "3",
                   "--blocks", "2", "--steps", "3", "--eval-blocks", "1", "--hidden-dims", "16",
-                  "--z-dim", "2", "--device", "cpu")
+                  "--z-dim", "2", "--ais-data", "3", "--ais-chains", "4", "--ais-steps", "2",
+                  "--ais-leapfrog", "2", "--ais-blocks", "1", "--device", "cpu")
 #: where the benchmark's results are kept in the repository: it must not write there untold
 BENCHMARK_DOCS = (os.path.join(ROOT, "docs", "benchmarks.md"),
                   os.path.join(ROOT, "docs", "results", "benchmarks"))
@@ -370,9 +381,15 @@ def test_benchmark_writes_nothing_untold_and_markdown_only_where_asked(tmp_path,
     for evaluation in report["evaluation"]:
         assert evaluation["syncs_per_chunk"] == 0 and evaluation["num_samples"] == 30
     assert report["environment"]["threads"] == torch.get_num_threads()
+    # AIS from the guide against its floor; its steps read nothing back from the device (the
+    # estimate's end reads its result, fewer than one sync a step)
+    ais, = report["ais"]
+    assert (ais["chains"], ais["steps"], ais["leapfrog"], ais["num_data"]) == (4, 2, 2, 3)
+    assert ais["ratio"] > 0 and ais["syncs_per_step"] < 2
     text = markdown.read_text()
     assert text.startswith("# earlier results\n\n## ")          # appended, nothing lost
     assert "| batch | loss | project ms/step |" in text and "| K | chunks | points |" in text
+    assert "| points | chains | steps | leapfrog | project s | floor s |" in text
     assert f"appended the tables to {markdown}" in capsys.readouterr().out
     assert files_and_times(BENCHMARK_DOCS) == before
     assert list(here.iterdir()) == []

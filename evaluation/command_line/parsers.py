@@ -218,6 +218,16 @@ def benchmark():
     group.add_argument("--eval-blocks", type=int, default=9,
                        help="interleaved blocks of evaluation")
     group.add_argument("--eval-data", type=int, default=200, help="test images scored")
+    group.add_argument("--ais-data", type=int, default=50,
+                       help="test images of the AIS row (AIS from the guide against its floor)")
+    group.add_argument("--ais-chains", type=int, default=16, help="AIS chains per data point")
+    group.add_argument("--ais-steps", type=int, default=50,
+                       help="AIS steps (intermediate distributions; --quick: at most 20)")
+    group.add_argument("--ais-leapfrog", type=int, default=10,
+                       help="leapfrog steps per HMC transition")
+    group.add_argument("--ais-blocks", type=int, default=5,
+                       help="interleaved blocks of AIS (--quick: at most 3)")
+    group.add_argument("--no-ais", action="store_true", help="leave out the AIS row")
     group.add_argument("--z-dim", type=int, default=50)
     group.add_argument("--hidden-dims", type=comma_list(int), default=[512, 256])
     group.add_argument("--out", default=None, help="write the numbers here as JSON")
