@@ -17,7 +17,13 @@ points; data points are processed in chunks to bound memory.
 
 Run with the schedule reversed from an exact posterior sample (available for data simulated from
 the model), the same recursion gives E[w] = 1 / p(x), so -log w is a stochastic upper bound: the
-two together sandwich log p(x) (BDMC).
+two together sandwich log p(x) (BDMC). The reverse chains end at the same start density pi_0 as
+the forward ones begin with, so the gap measures the setting that made the estimate: AIS from
+the guide is checked by BDMC from the guide, on the guide's q(z | x) of the simulated x.
+
+The model may be any Pyro model of the data-plate convention, with latent sites of any names
+(several are annealed as one flat vector, :class:`evaluation.log_density.LatentLogDensity`), and
+the guide any Pyro guide over the same sites (:class:`evaluation.log_density.GuideLogDensity`).
 
 The standard error of an AIS estimate (the spread of the chains' weights) measures only the
 Monte Carlo error over the chains: the bias of annealing with too few steps, which keeps the
@@ -30,10 +36,9 @@ reliability is not checked (and the estimators' summary says so).
 import math
 
 import torch
-from pyro import poutine
 
 from evaluation.diagnostics import log_mean_exp
-from evaluation.log_density import LatentLogDensity
+from evaluation.log_density import GuideLogDensity, LatentLogDensity, simulate
 from inference.log_weights import (check_num_samples, default_max_batch_elements, points_per_chunk,
                                    seed_chunk)
 
@@ -60,6 +65,8 @@ SCHEDULES = {"sigmoid": sigmoid_schedule, "linear": linear_schedule,
              "geometric": geometric_schedule}
 #: the defaults of AIS, shared by the ``ais`` estimator, :func:`ais_log_weights` and :func:`bdmc`
 STEPS, LEAPFROG, STEP_SIZE, TARGET_ACCEPT, SCHEDULE = 500, 10, 0.05, 0.65, "sigmoid"
+#: where the chains may start: the prior p(z), or the guide q(z | x)
+STARTS = ("prior", "guide")
 
 
 class _Start:
@@ -67,17 +74,8 @@ class _Start:
 
     def __init__(self, kind, model, guide, x, density):
         self.density = density
-        if kind == "prior":
-            self.distribution = None
-        elif kind == "guide":
-            if guide is None or not hasattr(guide, "distribution"):
-                raise ValueError("--ais-start guide needs an amortized guide with a "
-                                 "distribution(x) method; use --ais-start prior")
-            with torch.no_grad():
-                q = guide.distribution(x)
-            self.distribution = q
-        else:
-            raise ValueError(f"unknown AIS start {kind!r}; valid: prior, guide")
+        _check_start(kind, guide)
+        self.distribution = None if kind == "prior" else GuideLogDensity(guide, x, density)
 
     def sample(self, num_chains):
         """Initial states z ~ pi_0 of shape (C, N, D)."""
@@ -148,6 +146,14 @@ def anneal(start, z, betas, num_leapfrog=LEAPFROG, step_size=STEP_SIZE,
     return log_weights, z, acceptance / max(1, len(betas) - 1), step.squeeze(-1)
 
 
+def _check_start(start, guide):
+    if start not in STARTS:
+        raise ValueError(f"unknown AIS start {start!r}; valid: {', '.join(STARTS)}")
+    if start == "guide" and guide is None:
+        raise ValueError("AIS from the guide (--ais-start guide) needs a guide; use "
+                         "--ais-start prior")
+
+
 def _check_settings(num_chains, num_steps, num_leapfrog, step_size, target_accept, schedule):
     """Refuse AIS settings that make no sense, with the flag to change; returns num_chains."""
     num_chains = check_num_samples(num_chains)
@@ -195,23 +201,29 @@ def ais_log_weights(model, guide, x, num_chains=16, *, num_steps=STEPS, num_leap
     return torch.cat(weights, 1), info
 
 
-def bdmc(model, num_data, num_chains=4, *, num_steps=STEPS, num_leapfrog=LEAPFROG,
-         step_size=STEP_SIZE, target_accept=TARGET_ACCEPT, schedule=SCHEDULE,
-         max_batch_elements=None):
+def bdmc(model, num_data, num_chains=4, *, guide=None, start="prior", like=None,
+         num_steps=STEPS, num_leapfrog=LEAPFROG, step_size=STEP_SIZE,
+         target_accept=TARGET_ACCEPT, schedule=SCHEDULE, max_batch_elements=None):
     """Bidirectional Monte Carlo (Grosse et al. 2015) on ``num_data`` points simulated from the
     model itself: (z*, x) ~ p(z) p(x | z), so z* is an exact posterior sample for x.
 
-    Forward AIS from the prior gives a stochastic lower bound of log p(x); reverse AIS from z*
-    gives a stochastic upper bound. Their gap bounds the error of forward AIS with these settings
-    on data like the model's own. The points are simulated and annealed a block at a time, at
-    most ``max_batch_elements`` (chain, point) pairs in each; the simulated points kept for the
+    Forward AIS from the start density pi_0 (``start``: the prior, or the guide q(z | x) of the
+    simulated x, as the estimate to be checked was made) gives a stochastic lower bound of
+    log p(x); reverse AIS from z* back to the same pi_0 gives a stochastic upper bound. Their gap
+    bounds the error of forward AIS with these settings and this start on data like the model's
+    own. The points are simulated and annealed a block at a time, at most
+    ``max_batch_elements`` (chain, point) pairs in each; the simulated points kept for the
     result must fit in ``BDMC_BYTES``, else the call is refused before any work.
 
-    :returns: dict of (N,) tensors ``lower``, ``upper``, ``gap`` and the simulated ``x`` and ``z``.
+    :param like: a data tensor whose rows show the shape of x, for a model that needs data to
+        run (see :func:`evaluation.log_density.simulate`).
+    :returns: dict of (N,) tensors ``lower``, ``upper``, ``gap`` and the simulated ``x`` and
+        ``z`` (the latents flattened as :class:`evaluation.log_density.LatentLogDensity` does).
     """
     num_chains = _check_settings(num_chains, num_steps, num_leapfrog, step_size, target_accept,
                                  schedule)
-    num_data, x_one = check_bdmc_fits(model, num_data)
+    _check_start(start, guide)
+    num_data, x_one = check_bdmc_fits(model, num_data, like)
     if max_batch_elements is None:
         max_batch_elements = default_max_batch_elements(x_one.numel(), x_one.device)
     if num_chains > max_batch_elements:
@@ -222,11 +234,9 @@ def bdmc(model, num_data, num_chains=4, *, num_steps=STEPS, num_leapfrog=LEAPFRO
     block = points_per_chunk(num_chains, max_batch_elements)
     results = {key: [] for key in ("lower", "upper", "x", "z")}
     for begin in range(0, num_data, block):
-        with torch.no_grad(), poutine.block():
-            trace = poutine.trace(model).get_trace(batch_size=min(block, num_data - begin))
-        x, z_true = trace.nodes["x"]["value"], trace.nodes["z"]["value"]
+        x, z_true = simulate(model, min(block, num_data - begin), like)
         density = LatentLogDensity(model, x)
-        chain_start = _Start("prior", model, None, x, density)
+        chain_start = _Start(start, model, guide, x, density)
         z = chain_start.sample(num_chains)
         forward, *_ = anneal(chain_start, z, betas, num_leapfrog, step_size, target_accept)
         z_star = z_true.unsqueeze(0).expand(num_chains, *z_true.shape).contiguous()
@@ -244,7 +254,7 @@ def bdmc(model, num_data, num_chains=4, *, num_steps=STEPS, num_leapfrog=LEAPFRO
 BDMC_BYTES = 2 ** 30
 
 
-def check_bdmc_fits(model, num_data):
+def check_bdmc_fits(model, num_data, like=None):
     """Refuse, before any work, a number of points to simulate for BDMC that is not a positive
     whole number or whose points cannot be held (``BDMC_BYTES``). Returns (num_data, one
     simulated x), the latter drawn beside the random stream of the simulation."""
@@ -253,9 +263,8 @@ def check_bdmc_fits(model, num_data):
     num_data = int(num_data)
     devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1] \
         if isinstance(model, torch.nn.Module) else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
-        one = poutine.trace(model).get_trace(batch_size=1)
-    x_one, z_one = one.nodes["x"]["value"], one.nodes["z"]["value"]
+    with torch.random.fork_rng(devices=devices):
+        x_one, z_one = simulate(model, 1, like)
     needed = num_data * (x_one.numel() + z_one.numel() + 3) * x_one.element_size()
     if needed > BDMC_BYTES:
         raise ValueError(f"BDMC on {num_data} simulated points would hold "

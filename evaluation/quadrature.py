@@ -1,5 +1,9 @@
 """Numerical integration of log p(x) = log ∫ p(x | z) p(z) dz for latent dimension 1 or 2.
 
+z is all of a model's latents for one data point, flattened (see
+:class:`evaluation.log_density.LatentLogDensity`): one site of one or two dimensions, or two
+one-dimensional sites, whatever they are called.
+
 For each data point the integrand p(x | z) p(z) is evaluated on a uniform grid with the midpoint
 rule. The grid adapts to where the posterior mass is: a coarse grid over [-box, box]^D locates the
 posterior, then twice the grid is re-centred on the posterior mean with a half-width of ``width``
@@ -62,10 +66,13 @@ def quadrature_log_marginal(model, x, *, tolerance=1e-4, box=8.0, width=10.0,
     :returns: (log_px (N,), error (N,), points (N,)): the estimate, the size of its last change
         under refinement (an estimate of the numerical error) and the grid points per dimension.
     """
-    z_dim = LatentLogDensity(model, x[:1]).z_dim
+    density = LatentLogDensity(model, x[:1])
+    z_dim = density.z_dim
     if z_dim > MAX_LATENT_DIM:
+        sites = ", ".join(f"{name} {tuple(shape)}" for name, shape in density.sites)
         raise ValueError(f"quadrature integrates over at most {MAX_LATENT_DIM} latent dimensions "
-                         f"but this model has z_dim={z_dim}; use importance or ais instead")
+                         f"but this model has z_dim={z_dim} (latent sites: {sites}); use "
+                         "importance or ais instead")
     if not tolerance > 0:
         raise ValueError(f"the quadrature tolerance must be positive, got {tolerance}")
     coarse_points = coarse_points or _coarse_points(z_dim)

@@ -61,7 +61,7 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
     counts.update(sample_counts or {})
     model, x = opened.model, opened.x
     if bdmc:
-        check_bdmc_fits(model, bdmc)   # before any work, not after the estimates
+        check_bdmc_fits(model, bdmc, x[:1])   # before any work, not after the estimates
     log(f"{opened.path}: {opened.config.data.dataset} {split} split, {x.shape[0]} data "
         f"points, z_dim={opened.config.model.z_dim}, on {opened.device}")
     guide, local_steps = opened.guide, None
@@ -83,7 +83,9 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
               "config": opened.config.to_dict(), "guide": guide_name,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if bdmc and main:   # simulated points: the first process alone
-        report["bdmc"] = bdmc_report(model, bdmc, counts["ais"], options, seed)
+        # the run's guide: a local guide is fitted to the real points, not the simulated ones
+        report["bdmc"] = bdmc_report(model, opened.guide, bdmc, counts["ais"], options, seed,
+                                     like=x[:1])
     verdicts, summaries, rows = judge(results, opened.labels,
                                       ais_gap=report.get("bdmc", {}).get("gap"))
     report["estimators"] = summaries
@@ -101,9 +103,11 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
         report["gaps"] = dict(gaps, local_steps=local_steps, num_samples=num_samples)
         log(format_gaps(gaps, num_samples))
     if "bdmc" in report:
-        log(f"BDMC on {bdmc} points simulated from the model: forward AIS "
-            f"{report['bdmc']['lower']:.3f} <= log p(x) <= reverse AIS "
-            f"{report['bdmc']['upper']:.3f} (gap {report['bdmc']['gap']:.3f} nats)")
+        sandwich = report["bdmc"]
+        log(f"BDMC on {bdmc} points simulated from the model, AIS from the "
+            f"{sandwich['ais_start']} ({sandwich['ais_steps']} steps, {sandwich['ais_leapfrog']} "
+            f"leapfrog, {sandwich['ais_chains']} chains): forward AIS {sandwich['lower']:.3f} <= "
+            f"log p(x) <= reverse AIS {sandwich['upper']:.3f} (gap {sandwich['gap']:.3f} nats)")
     if out and main:
         atomic_write_json(out, report)
         table = csv_path(out)
@@ -127,18 +131,22 @@ def judge(results, labels, ais_gap=None):
     return verdicts, summaries, rows
 
 
-def bdmc_report(model, num_data, chains, options, seed):
-    """The mean BDMC sandwich of ``num_data`` points simulated from ``model`` (AIS with the ais
-    estimator's ``options``), with its settings."""
+def bdmc_report(model, guide, num_data, chains, options, seed, like=None):
+    """The mean BDMC sandwich of ``num_data`` points simulated from ``model``, annealed with the
+    ais estimator's ``options`` from its start (``ais_start``: the prior, or ``guide``'s
+    q(z | x) of the simulated points), with its settings."""
     pyro.set_rng_seed(seed)
     ais = {**ESTIMATORS.options("ais"), **options_for("ais", options)}
     with torch.no_grad():
-        sandwich = bdmc_sandwich(model, num_data, chains, num_steps=ais["ais_steps"],
+        sandwich = bdmc_sandwich(model, num_data, chains, guide=guide, start=ais["ais_start"],
+                                 like=like, num_steps=ais["ais_steps"],
                                  num_leapfrog=ais["ais_leapfrog"], step_size=ais["ais_step_size"],
                                  target_accept=ais["ais_target_accept"],
                                  schedule=ais["ais_schedule"])
     report = {key: sandwich[key].mean().item() for key in ("lower", "upper", "gap")}
-    report.update(num_data=num_data, ais_chains=chains, ais_steps=ais["ais_steps"])
+    report.update(num_data=num_data, ais_chains=chains, ais_steps=ais["ais_steps"],
+                  ais_leapfrog=ais["ais_leapfrog"], ais_schedule=ais["ais_schedule"],
+                  ais_start=ais["ais_start"])
     return report
 
 
