@@ -473,8 +473,9 @@ def summarize_verdicts(verdicts):
     finite = torch.isfinite(values)
     mean = values[finite].mean().item() if finite.all() and num_points else math.nan
     se = verdicts.recommended_spread
-    stderr = (se[torch.isfinite(se)] ** 2).sum().sqrt().item() / num_points if num_points \
-        else math.nan
+    known = se[torch.isfinite(se)]
+    # NaN where no recommended value has an error (K = 1), never a reassuring 0
+    stderr = (known ** 2).sum().sqrt().item() / num_points if known.numel() else math.nan
     recommended_by = {}
     for name in verdicts.recommended_estimator:
         recommended_by[name or "none"] = recommended_by.get(name or "none", 0) + 1

@@ -218,6 +218,10 @@ def test_the_error_of_the_recommended_mean_adds_up_the_spreads_of_the_chosen_est
     assert verdicts.recommended_spread.tolist() == [0.1, 0.4, 0.1]   # no spread: its stderr
     summary = summarize_verdicts(verdicts)
     assert summary["recommended_stderr"] == pytest.approx(math.sqrt(0.01 + 0.16 + 0.01) / 3)
+    # With no error known at any point (one sample each), the mean's error is unknown, not 0.
+    single = point_verdicts({"importance": result([-10.0, -20.0], [math.nan] * 2, [0.1] * 2),
+                             "mixture": result([-11.0, -21.0], [math.nan] * 2, [0.1] * 2)})
+    assert math.isnan(summarize_verdicts(single)["recommended_stderr"])
 
 
 def test_inputs_kinds_and_errors():
