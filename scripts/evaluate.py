@@ -67,6 +67,13 @@ def evaluate(args, group=None):
     check_local_flags(args)
     if args.bdmc is not None and args.bdmc < 0:
         raise ConfigError(f"--bdmc must be 0 or more, got {args.bdmc}")
+    if args.bdmc_tolerance is not None:
+        if not args.bdmc:
+            raise ConfigError("--bdmc-tolerance calibrates AIS on points simulated by BDMC; give "
+                              "--bdmc N as well")
+        if not args.bdmc_tolerance > 0:
+            raise ConfigError(f"--bdmc-tolerance must be a positive number of nats, got "
+                              f"{args.bdmc_tolerance}")
     options = cli.estimator_options(args, names, also=("ais",) if args.bdmc else ())
     if group is not None and args.guide == "local":
         raise ConfigError("--guide local fits a guide to the points in one process; run it "
@@ -79,7 +86,8 @@ def evaluate(args, group=None):
                      run=args.run, split=args.split, options=options,
                      seed=0 if args.seed is None else args.seed,
                      local_fit=local_fit(args, opened), guide_name=args.guide or "run",
-                     bdmc=args.bdmc, out=args.out, progress=not args.no_progress, group=group)
+                     bdmc=args.bdmc, bdmc_tolerance=args.bdmc_tolerance, out=args.out,
+                     progress=not args.no_progress, group=group)
 
 
 make_parser = parsers.evaluate   # the name the tests build this parser by

@@ -72,6 +72,41 @@ def test_evaluate_writes_json_and_per_point_csv(runs, tmp_path, capsys):
         [s["log_px_mean"] for s in report["estimators"]]
 
 
+def test_bdmc_checks_the_guide_started_setting_and_raises_its_steps_to_a_tolerance(
+        runs, tmp_path, capsys):
+    args = ["--estimator", "importance,ais", "--num-samples", "30", "--num-data", "3",
+            "--ais-start", "guide", "--ais-chains", "4", "--ais-steps", "2", "--ais-leapfrog",
+            "2", "--bdmc", "3", "--device", "cpu"]
+    # A tolerance no setting meets: the steps double four times, and the AIS estimate, made
+    # with the last of them, fails its check.
+    report = run_main("evaluate", runs[0], *args, "--bdmc-tolerance", "1e-9", "--out",
+                      tmp_path / "calibrated.json")
+    printed = capsys.readouterr().out
+    bdmc = report["bdmc"]
+    assert [row["ais_steps"] for row in bdmc["calibration"]] == [2, 4, 8, 16, 32]
+    assert bdmc["ais_start"] == "guide" and bdmc["ais_steps"] == 32
+    assert bdmc["tolerance_met"] is False and "stays above" in printed
+    assert "BDMC on 3 points simulated from the model, AIS from the guide (32 steps" in printed
+    ais, = [s for s in report["estimators"] if s["estimator"] == "ais"]
+    assert ais["ais_steps"] == 32
+    with open(tmp_path / "calibrated.csv") as handle:
+        ais_rows = [row for row in csv.DictReader(handle) if row["estimator"] == "ais"]
+    assert len(ais_rows) == 3 and all("ais-gap" in row["reasons"] for row in ais_rows)
+    # A tolerance the first setting meets: no doubling; the same numbers as --bdmc alone.
+    met = run_main("evaluate", runs[0], *args, "--bdmc-tolerance", "1e9")
+    plain = run_main("evaluate", runs[0], *args)
+    assert [row["ais_steps"] for row in met["bdmc"]["calibration"]] == [2]
+    assert met["bdmc"]["tolerance_met"] is True
+    assert met["bdmc"]["gap"] == plain["bdmc"]["gap"]
+    assert [s["log_px_mean"] for s in met["estimators"]] == \
+        [s["log_px_mean"] for s in plain["estimators"]]
+    capsys.readouterr()
+    assert "give --bdmc N as well" in refused(capsys, "evaluate", runs[0], "--bdmc-tolerance",
+                                              "0.1", "--device", "cpu")
+    assert "must be a positive number of nats" in refused(
+        capsys, "evaluate", runs[0], "--bdmc", "2", "--bdmc-tolerance", "0", "--device", "cpu")
+
+
 def test_compare_writes_tables_plots_and_paired_differences(runs, tmp_path):
     out = tmp_path / "cmp"
     run_main("compare", runs[0], runs[1], "--estimator", "importance,prior,ais,quadrature",

@@ -64,6 +64,10 @@ def evaluate():
     group = add_evaluation_flags(parser, default_estimators=DEFAULT_ESTIMATORS)
     group.add_argument("--bdmc", type=int, default=None, metavar="N",
                        help="also run BDMC on N points simulated from the model")
+    group.add_argument("--bdmc-tolerance", type=float, default=None, metavar="NATS",
+                       help="with --bdmc: run BDMC first and double --ais-steps until its gap is "
+                       "at most NATS (at most 16 times the steps given); the ais estimate then "
+                       "uses those steps")
     group.add_argument("--out", default=None,
                        help="write the summary JSON here and the per-point CSV beside it")
     local = parser.add_argument_group("guide")

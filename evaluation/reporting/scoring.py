@@ -33,8 +33,8 @@ def csv_path(json_path):
 
 
 def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split="test",
-              options=None, seed=0, local_fit=None, guide_name="run", bdmc=None, out=None,
-              progress=True, group=None, log=print):
+              options=None, seed=0, local_fit=None, guide_name="run", bdmc=None,
+              bdmc_tolerance=None, out=None, progress=True, group=None, log=print):
     """Estimate log p(x) of the points ``opened.x`` of the opened run ``opened`` (a
     :class:`evaluation.command_line.OpenRun`) by each estimator of ``names``, each from the
     random numbers of ``seed``, in this process or shared among a ``group`` of them (the first
@@ -52,6 +52,10 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
         instead of the run's, with the gap decomposition of Cremer et al. (2018); one process.
     :param guide_name: what the report names the guide of the estimators.
     :param bdmc: also run BDMC on this many points simulated from the model (first process).
+    :param bdmc_tolerance: with ``bdmc``: run BDMC before the estimates, doubling the AIS steps
+        (from ``options``' ``ais_steps``) until the gap is at most this many nats, at most
+        ``MAX_STEP_DOUBLINGS`` times; the ``ais`` estimate then uses those steps. Every process
+        calibrates alike, from the same seed, so all of them anneal with the same steps.
     :param out: write the report here (JSON) and the per-point CSV beside it.
     :returns: the report.
     """
@@ -72,6 +76,12 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
         log(f"fitted the local guide on {x.shape[0]} points: {local_steps} Adam steps, mean "
             f"ELBO {history[0] if history else float('nan'):.3f} -> "
             f"{history[-1] if history else float('nan'):.3f}")
+    calibration = None
+    if bdmc and bdmc_tolerance is not None:
+        calibration = calibrate_ais_steps(model, opened.guide, bdmc, counts["ais"], options,
+                                          seed, bdmc_tolerance, like=x[:1], log=log if main
+                                          else (lambda line: None))
+        options = {**options, "ais_steps": calibration["ais_steps"]}
     results = {}
     for name in names:
         pyro.set_rng_seed(seed)  # each estimator's numbers do not depend on the others
@@ -82,12 +92,18 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
               "num_data": int(x.shape[0]), "device": str(opened.device),
               "config": opened.config.to_dict(), "guide": guide_name,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if bdmc and main:   # simulated points: the first process alone
+    if calibration is not None:
+        report["bdmc"] = calibration["report"]
+        report["bdmc"]["calibration"] = calibration["tried"]
+        report["bdmc"]["tolerance"] = bdmc_tolerance
+        report["bdmc"]["tolerance_met"] = calibration["met"]
+    elif bdmc and main:   # simulated points: the first process alone
         # the run's guide: a local guide is fitted to the real points, not the simulated ones
         report["bdmc"] = bdmc_report(model, opened.guide, bdmc, counts["ais"], options, seed,
                                      like=x[:1])
     verdicts, summaries, rows = judge(results, opened.labels,
-                                      ais_gap=report.get("bdmc", {}).get("gap"))
+                                      ais_gap=report.get("bdmc", {}).get("gap"),
+                                      max_ais_gap=bdmc_tolerance)
     report["estimators"] = summaries
     report["verdicts"] = summarize_verdicts(verdicts)
     report["recommended"] = recommended_summary(verdicts, report["verdicts"])
@@ -116,12 +132,14 @@ def score_run(opened, names, num_samples, *, sample_counts=None, run=None, split
     return report
 
 
-def judge(results, labels, ais_gap=None):
+def judge(results, labels, ais_gap=None, max_ais_gap=None):
     """The verdicts on the estimates ``results`` ({estimator: Estimate}, the same points), the
     estimators' summaries with the share of points each can be trusted on (``trusted_frac``,
     ``num_trusted``), and the per-point CSV rows with their verdicts followed by one row per
-    point with its recommended value; ``ais_gap``: the measured BDMC gap of the AIS setting."""
-    verdicts = point_verdicts(results, ais_gap=ais_gap)
+    point with its recommended value; ``ais_gap``: the measured BDMC gap of the AIS setting,
+    failing the AIS estimates above ``max_ais_gap`` (default: the verdicts' own)."""
+    verdicts = point_verdicts(results, ais_gap=ais_gap, **(
+        {} if max_ais_gap is None else {"max_ais_gap": max_ais_gap}))
     summaries, rows = [], []
     for name, result in results.items():
         codes = verdicts.codes[name]
@@ -148,6 +166,40 @@ def bdmc_report(model, guide, num_data, chains, options, seed, like=None):
                   ais_leapfrog=ais["ais_leapfrog"], ais_schedule=ais["ais_schedule"],
                   ais_start=ais["ais_start"])
     return report
+
+
+#: --bdmc-tolerance doubles the AIS steps at most this many times (16 times the steps given)
+MAX_STEP_DOUBLINGS = 4
+
+
+def calibrate_ais_steps(model, guide, num_data, chains, options, seed, tolerance, like=None,
+                        log=print):
+    """The fewest AIS steps, of ``ais_steps`` (from ``options``) doubled up to
+    ``MAX_STEP_DOUBLINGS`` times, whose BDMC gap on ``num_data`` simulated points is at most
+    ``tolerance`` nats (Grosse et al. 2015): each try is :func:`bdmc_report` from the same seed
+    with the steps of that try.
+
+    :returns: dict with ``ais_steps`` (those of the last try), ``report`` (its BDMC report),
+        ``tried`` ([{"ais_steps", "gap"}] of every try) and ``met`` (whether the last gap is
+        within the tolerance).
+    """
+    steps = {**ESTIMATORS.options("ais"), **options_for("ais", options)}["ais_steps"]
+    tried = []
+    for doubling in range(MAX_STEP_DOUBLINGS + 1):
+        report = bdmc_report(model, guide, num_data, chains, {**options, "ais_steps": steps},
+                             seed, like=like)
+        tried.append({"ais_steps": steps, "gap": report["gap"]})
+        log(f"BDMC with {steps} AIS steps: gap {report['gap']:.3f} nats "
+            f"({'within' if report['gap'] <= tolerance else 'above'} the tolerance of "
+            f"{tolerance:g})")
+        if report["gap"] <= tolerance or doubling == MAX_STEP_DOUBLINGS:
+            break
+        steps *= 2
+    met = report["gap"] <= tolerance
+    if not met:
+        log(f"the BDMC gap stays above {tolerance:g} nats at {steps} steps, the most "
+            f"--bdmc-tolerance tries; the ais estimate uses them, and its verdicts say ais-gap")
+    return {"ais_steps": steps, "report": report, "tried": tried, "met": met}
 
 
 def format_gaps(gaps, num_samples):
