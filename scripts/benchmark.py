@@ -286,10 +286,10 @@ def epoch_benchmark(args, device, dataset, batch_size):
     return {"batch_size": batch_size, "images": num_data, "seconds": time.perf_counter() - start}
 
 
-def evaluation_benchmark(args, device, dataset, num_samples, variant="jit"):
-    """The importance estimator against the hand-written batched estimate at K; its chunks
-    traced by the JIT (as the estimators compute them) or, for the ``plain`` variant, not."""
-    jit = None if variant == "jit" else False
+def evaluation_models(args, device, dataset):
+    """The default story of ``--z-dim`` and ``--hidden-dims`` at its initial parameters, in
+    evaluation mode: the project's model and guide, and the hand-written VAE given their
+    parameters."""
     config = resolve(RunConfig.from_dict({
         "model": {"x_dim": dataset.x_dim, "z_dim": args.z_dim,
                   "architecture": {"name": "mlp", "options": {"hidden_dims": args.hidden_dims}}}}))
@@ -298,6 +298,14 @@ def evaluation_benchmark(args, device, dataset, num_samples, variant="jit"):
     model, guide = model.to(device).eval(), guide.to(device).eval()
     hand = HandVAE(dataset.x_dim, args.hidden_dims, args.z_dim).to(device).eval()
     copy_weights(model, guide, hand)
+    return model, guide, hand
+
+
+def evaluation_benchmark(args, device, dataset, num_samples, variant="jit"):
+    """The importance estimator against the hand-written batched estimate at K; its chunks
+    traced by the JIT (as the estimators compute them) or, for the ``plain`` variant, not."""
+    jit = None if variant == "jit" else False
+    model, guide, hand = evaluation_models(args, device, dataset)
     x, _ = dataset.select("test", args.eval_data)
     budget = default_max_batch_elements(x.shape[1], device)
     num_chunks = len(list(chunks(x.shape[0], num_samples, budget)))
@@ -374,14 +382,7 @@ def hand_gradients(hand, x, num_chains, num_evaluations):
 def ais_benchmark(args, device, dataset):
     """AIS from the guide against its floor (:func:`hand_gradients`), on ``--ais-data`` test
     images with the settings of ``--ais-chains``, ``--ais-steps`` and ``--ais-leapfrog``."""
-    config = resolve(RunConfig.from_dict({
-        "model": {"x_dim": dataset.x_dim, "z_dim": args.z_dim,
-                  "architecture": {"name": "mlp", "options": {"hidden_dims": args.hidden_dims}}}}))
-    pyro.clear_param_store()
-    model, guide = build(config)
-    model, guide = model.to(device).eval(), guide.to(device).eval()
-    hand = HandVAE(dataset.x_dim, args.hidden_dims, args.z_dim).to(device).eval()
-    copy_weights(model, guide, hand)
+    model, guide, hand = evaluation_models(args, device, dataset)
     x, _ = dataset.select("test", args.ais_data)
     chains, steps, leapfrog = args.ais_chains, args.ais_steps, args.ais_leapfrog
     evaluations = steps * leapfrog + 1
